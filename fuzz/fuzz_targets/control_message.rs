@@ -1,0 +1,23 @@
+//! Arbitrary bytes into the control-message decoder, as the control server reads them:
+//! a length prefix, then a postcard body. Decoding must never panic, and whatever
+//! decodes must re-encode to a message that decodes to the same value.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vnetd::control::proto::{self, RequestEnvelope, ResponseEnvelope, LEN_PREFIX};
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(prefix) = data.get(..LEN_PREFIX) {
+        let _ = proto::decode_len(prefix.try_into().expect("4 bytes"));
+    }
+    if let Ok(req) = proto::decode_body::<RequestEnvelope>(data) {
+        let bytes = proto::encode(&req);
+        let again: RequestEnvelope = proto::decode_body(&bytes[LEN_PREFIX..]).expect("re-decodes");
+        assert_eq!(again, req);
+    }
+    if let Ok(resp) = proto::decode_body::<ResponseEnvelope>(data) {
+        let bytes = proto::encode(&resp);
+        let again: ResponseEnvelope = proto::decode_body(&bytes[LEN_PREFIX..]).expect("re-decodes");
+        assert_eq!(again, resp);
+    }
+});

@@ -1,0 +1,203 @@
+//! `e2e-probe`: throws bytes at a vnet daemon from inside a lab namespace (the tests run
+//! it with `ip netns exec`, since the test process itself has no route into the lab).
+//!
+//! ```text
+//! e2e-probe tcp ADDR               send stdin on one TCP connection, half-close, read
+//!                                  until EOF
+//! e2e-probe udp ADDR               stdin holds datagrams, each prefixed by its length as
+//!                                  a big-endian u16; send each, then count the answers
+//! e2e-probe forge ADDR LINK NODE   open LINK over TCP as NODE, answer the Challenge with
+//!                                  a made-up Proof (what a peer without the key does)
+//! ```
+//!
+//! Each prints one line of `key=value` pairs saying what happened; the tests parse it.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use vnet_e2e::{random_bytes, wire_header, wire_kind};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["tcp", addr] => parse(addr).and_then(tcp),
+        ["udp", addr] => parse(addr).and_then(udp),
+        ["forge", addr, link, node] => parse(addr).and_then(|a| forge(a, link, node)),
+        _ => Err("usage: e2e-probe tcp ADDR | udp ADDR | forge ADDR LINK NODE".to_string()),
+    };
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("e2e-probe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse(addr: &str) -> Result<SocketAddr, String> {
+    addr.parse().map_err(|e| format!("{addr}: {e}"))
+}
+
+fn stdin_bytes() -> Result<Vec<u8>, String> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| format!("reading stdin: {e}"))?;
+    Ok(input)
+}
+
+fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    let s = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// How a read of the peer's answer ended.
+fn end_name(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => "timeout",
+        ErrorKind::ConnectionReset => "reset",
+        _ => "error",
+    }
+}
+
+fn tcp(addr: SocketAddr) -> Result<String, String> {
+    let input = stdin_bytes()?;
+    let mut s = connect(addr)?;
+    // The daemon hangs up on the first bad header, so a long write may fail half way:
+    // that is the expected outcome, not an error of the probe.
+    let write = match s.write_all(&input) {
+        Ok(()) => "ok",
+        Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => "closed_by_peer",
+        Err(e) => return Err(format!("write: {e}")),
+    };
+    let _ = s.shutdown(Shutdown::Write);
+    let mut received = 0usize;
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break "eof",
+            Ok(n) => received += n,
+            Err(e) => break end_name(&e),
+        }
+    };
+    Ok(format!(
+        "sent={} write={write} received={received} end={end}",
+        input.len()
+    ))
+}
+
+fn udp(addr: SocketAddr) -> Result<String, String> {
+    let input = stdin_bytes()?;
+    let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    let mut rest = input.as_slice();
+    let mut sent = 0usize;
+    while let [a, b, tail @ ..] = rest {
+        let len = usize::from(u16::from_be_bytes([*a, *b]));
+        let Some((datagram, tail)) = tail.split_at_checked(len) else {
+            return Err("stdin ends inside a datagram".to_string());
+        };
+        s.send_to(datagram, addr).map_err(|e| format!("send: {e}"))?;
+        sent += 1;
+        rest = tail;
+    }
+    // Count what comes back (Resets for unknown sessions, Challenges, Refusals) for a
+    // moment; the daemon rate-limits its Resets.
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut replies = 0usize;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        match s.recv_from(&mut buf) {
+            Ok(_) => replies += 1,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            // ICMP port unreachable and the like.
+            Err(_) => {}
+        }
+    }
+    Ok(format!("sent={sent} replies={replies}"))
+}
+
+/// Postcard's encoding of an unsigned integer (LEB128).
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn read_varint(b: &mut &[u8]) -> Result<u64, String> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first().ok_or("payload ends inside a varint")?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err("varint too long".to_string())
+}
+
+fn read_message(s: &mut TcpStream) -> Result<(u8, u32, Vec<u8>), String> {
+    let mut head = [0u8; 16];
+    s.read_exact(&mut head)
+        .map_err(|e| format!("reading a header: {} ({})", e, end_name(&e)))?;
+    if &head[..3] != b"VN\x01" {
+        return Err(format!("not a vnet header: {head:02x?}"));
+    }
+    let session = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
+    let len = u32::from_be_bytes([head[12], head[13], head[14], head[15]]) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload)
+        .map_err(|e| format!("reading a payload: {e}"))?;
+    Ok((head[3], session, payload))
+}
+
+fn forge(addr: SocketAddr, link: &str, node: &str) -> Result<String, String> {
+    let mut s = connect(addr)?;
+    // Hello { link, node, nonce }.
+    let mut hello = Vec::new();
+    for name in [link, node] {
+        varint(name.len() as u64, &mut hello);
+        hello.extend_from_slice(name.as_bytes());
+    }
+    hello.extend_from_slice(&random_bytes(32));
+    let mut msg = wire_header(wire_kind::HELLO, 0, hello.len() as u32).to_vec();
+    msg.extend_from_slice(&hello);
+    s.write_all(&msg).map_err(|e| format!("sending Hello: {e}"))?;
+
+    let (kind, _, payload) = read_message(&mut s)?;
+    if kind != wire_kind::CHALLENGE {
+        return Ok(format!("reply_to_hello={kind}"));
+    }
+    // Challenge { node, nonce, session, proof }: only the session id is needed.
+    let mut p = payload.as_slice();
+    let name_len = read_varint(&mut p)? as usize;
+    let mut p = p.get(name_len + 32..).ok_or("challenge too short")?;
+    let session = read_varint(&mut p)? as u32;
+
+    // Proof { proof }: 32 bytes nobody without the key can compute.
+    let mut msg = wire_header(wire_kind::PROOF, session, 32).to_vec();
+    msg.extend_from_slice(&random_bytes(32));
+    s.write_all(&msg).map_err(|e| format!("sending Proof: {e}"))?;
+    let reply = match read_message(&mut s) {
+        Ok((kind, _, _)) => kind.to_string(),
+        Err(e) => format!("none({})", e.replace(' ', "_")),
+    };
+    Ok(format!("challenge_session={session} reply_to_proof={reply}"))
+}

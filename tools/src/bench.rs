@@ -1,0 +1,224 @@
+//! `vnet bench`: VM-to-VM TCP throughput (iperf3) and RTT (ping) in the lab, over a vnet
+//! TCP link, a vnet UDP link and kernel VXLAN between the same namespaces, in one run,
+//! printed as ratios to VXLAN.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use crate::lab::{self, sys, LabInfo, LabLink, LabTopology, UpArgs};
+
+/// Options of `vnet bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Lab name used for the runs.
+    #[arg(long, default_value = "bench")]
+    name: String,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Pings per RTT measurement.
+    #[arg(long, default_value_t = 50)]
+    pings: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One measured path.
+#[derive(Debug, Serialize)]
+pub struct Measurement {
+    /// What carried the traffic.
+    pub path: String,
+    /// iperf3 receiver throughput, Gbit/s.
+    pub gbit_per_s: f64,
+    /// Mean ping RTT, microseconds.
+    pub rtt_us: f64,
+}
+
+/// Removes the lab when dropped.
+struct Teardown<'a>(&'a str);
+
+impl Drop for Teardown<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = lab::down(self.0) {
+            eprintln!("vnet bench: tearing the lab down failed: {e:#}");
+        }
+    }
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
+    let mut all = vec!["netns", "exec", ns];
+    all.extend_from_slice(args);
+    sys::run("ip", &all)
+}
+
+/// Starts a one-shot iperf3 server in `ns` and returns once it listens.
+fn iperf_server(ns: &str) -> Result<Child> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "iperf3", "-s", "-1", "--forceflush"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .context("cannot start iperf3 (install it: tools/scripts/install-deps.sh)")?;
+    let stdout = child.stdout.take().context("iperf3 stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("listening") => return Ok(child),
+            Some(Ok(_)) => continue,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("iperf3 server in {ns} exited before listening");
+            }
+        }
+    }
+}
+
+/// iperf3 TCP throughput from `from_ns` to `to_ip`, in Gbit/s.
+pub fn iperf(from_ns: &str, to_ns: &str, to_ip: &str, seconds: u32, streams: u32) -> Result<f64> {
+    let mut server = iperf_server(to_ns)?;
+    let result = in_ns(
+        from_ns,
+        &[
+            "iperf3",
+            "-c",
+            to_ip,
+            "-t",
+            &seconds.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let json: serde_json::Value = serde_json::from_str(&result?).context("iperf3 -J output")?;
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 reported no throughput")?;
+    Ok(bps / 1e9)
+}
+
+/// Mean RTT of `count` pings, in microseconds.
+pub fn ping_rtt(from_ns: &str, to_ip: &str, count: u32) -> Result<f64> {
+    let out = in_ns(
+        from_ns,
+        &["ping", "-q", "-c", &count.to_string(), "-i", "0.02", to_ip],
+    )?;
+    // rtt min/avg/max/mdev = 0.047/0.061/0.102/0.012 ms
+    let stats = out
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .context("ping printed no summary")?;
+    let avg = stats
+        .split('=')
+        .nth(1)
+        .and_then(|v| v.trim().split('/').nth(1))
+        .context("ping summary format")?;
+    Ok(avg.parse::<f64>()? * 1000.0)
+}
+
+fn measure(path: &str, info: &LabInfo, to_ip: &str, args: &BenchArgs) -> Result<Measurement> {
+    let (a, b) = (&info.vms[0], &info.vms[1]);
+    // Warm ARP and the lookup caches before timing.
+    ping_rtt(&a.netns, to_ip, 3)?;
+    let rtt_us = ping_rtt(&a.netns, to_ip, args.pings)?;
+    let gbit_per_s = iperf(&a.netns, &b.netns, to_ip, args.seconds, 1)?;
+    Ok(Measurement {
+        path: path.to_string(),
+        gbit_per_s,
+        rtt_us,
+    })
+}
+
+/// Gives each VM of a two-VM lab a VXLAN NIC (vx0, 198.19.1.x/24) whose tunnel runs
+/// between their hosts' underlay addresses.
+fn add_vxlan(info: &LabInfo) -> Result<String> {
+    let host = |name: &str| info.hosts.iter().find(|h| h.name == name).context("unknown host");
+    let (a, b) = (&info.vms[0], &info.vms[1]);
+    let (ha, hb) = (host(&a.host)?, host(&b.host)?);
+    for (vm, here, there, ip) in [(a, ha, hb, "198.19.1.1/24"), (b, hb, ha, "198.19.1.2/24")] {
+        let (local, remote) = (here.underlay.to_string(), there.underlay.to_string());
+        sys::run(
+            "ip",
+            &[
+                "-n",
+                &here.netns,
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "local",
+                &local,
+                "remote",
+                &remote,
+                "dstport",
+                "4789",
+                "dev",
+                "ul0",
+            ],
+        )?;
+        sys::run(
+            "ip",
+            &["-n", &here.netns, "link", "set", "vx0", "netns", &vm.netns],
+        )?;
+        sys::run("ip", &["-n", &vm.netns, "addr", "add", ip, "dev", "vx0"])?;
+        sys::run("ip", &["-n", &vm.netns, "link", "set", "vx0", "up"])?;
+    }
+    Ok("198.19.1.2".to_string())
+}
+
+/// Runs the benchmark.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let mut results = Vec::new();
+    for (link, label) in [(LabLink::Tcp, "vnet tcp link"), (LabLink::Udp, "vnet udp link")] {
+        let mut opts = UpArgs::new(&args.name, 3, 2);
+        opts.link = link;
+        opts.topology = LabTopology::Full;
+        let info = lab::up(&opts)?;
+        let _teardown = Teardown(&args.name);
+        let vm1_ip = info.vms[1].ip.to_string();
+        results.push(measure(label, &info, &vm1_ip, &args)?);
+        if link == LabLink::Udp {
+            let vx_ip = add_vxlan(&info)?;
+            results.push(measure("kernel vxlan", &info, &vx_ip, &args)?);
+        }
+    }
+    let vxlan = results
+        .iter()
+        .find(|m| m.path == "kernel vxlan")
+        .context("no VXLAN figure")?;
+    let (ref_gbit, ref_rtt) = (vxlan.gbit_per_s, vxlan.rtt_us);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    println!(
+        "VM -> VM, one iperf3 TCP stream for {} s, {} pings; 3 hosts, full topology",
+        args.seconds, args.pings
+    );
+    println!(
+        "{:<16} {:>10} {:>10} {:>10} {:>14}",
+        "path", "Gbit/s", "x vxlan", "RTT us", "RTT - vxlan"
+    );
+    for m in &results {
+        println!(
+            "{:<16} {:>10.2} {:>10.3} {:>10.1} {:>+14.1}",
+            m.path,
+            m.gbit_per_s,
+            m.gbit_per_s / ref_gbit,
+            m.rtt_us,
+            m.rtt_us - ref_rtt
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,460 @@
+//! The daemon's configuration: what the config file says, what the state file keeps, and
+//! what `config get|replace` moves in one round trip.
+//!
+//! A config file is TOML:
+//!
+//! ```toml
+//! node = "h1"                        # this daemon's name in the overlay
+//! key_file = "/etc/vnet/key"         # 64 hex digits, shared by every daemon of the overlay
+//! listen = "198.18.0.2:7400"         # TCP and UDP link port (same number for both)
+//! control = "/run/vnet/h1.sock"      # control socket
+//! state_file = "/var/lib/vnet/h1.state.json"
+//!
+//! [[iface]]
+//! name = "vm0"                       # name rules use (iface:vm0)
+//! kind = "tap"                       # "tap" (created) or "attach" (existing device, promiscuous)
+//! device = "eth0"                    # kernel device name (defaults to name)
+//! netns = "lab-vm0"                  # create the TAP inside this named network namespace
+//! mac = "02:00:00:00:00:01"
+//! mtu = 1500
+//!
+//! [[link]]
+//! name = "h0-h1"                     # the same name on both ends
+//! proto = "tcp"                      # "tcp" or "udp"
+//! peer = "198.18.0.1:7400"           # dial this address; omit to wait for the peer to dial
+//!
+//! [[rule]]
+//! src = "any"
+//! dst = "none"                       # default rule
+//! out = ["link:h0-h1"]
+//! ```
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mac::MacAddr;
+use crate::rule::{Output, RuleSpec};
+use crate::table::RuleId;
+
+/// Default TCP/UDP port for links.
+pub const DEFAULT_LINK_PORT: u16 = 7400;
+/// Default MTU of a TAP interface vnetd creates.
+pub const DEFAULT_MTU: u32 = 1500;
+/// Longest name of a link, interface or node (fits the wire handshake and Linux IFNAMSIZ
+/// for devices).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Everything the daemon is started with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// This daemon's name in the overlay (shown to peers in the handshake).
+    pub node: String,
+    /// File holding the overlay's network key (64 hex digits).
+    pub key_file: PathBuf,
+    /// Address the TCP and UDP link listeners bind.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Unix control socket path.
+    #[serde(default = "default_control")]
+    pub control: PathBuf,
+    /// Optional TCP control listener; requires `control_token_file`.
+    #[serde(default)]
+    pub control_tcp: Option<SocketAddr>,
+    /// File holding the token TCP control clients must present.
+    #[serde(default)]
+    pub control_token_file: Option<PathBuf>,
+    /// Where the daemon keeps its interfaces, links and rules across restarts.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// The topology: interfaces, links, rules.
+    #[serde(flatten)]
+    pub topology: Topology,
+}
+
+/// The part of the configuration that the control primitives change at run time, and
+/// that the state file and `config get|replace` carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// Local interfaces.
+    #[serde(default, rename = "iface")]
+    pub ifaces: Vec<IfaceSpec>,
+    /// Overlay links this daemon dials or expects.
+    #[serde(default, rename = "link")]
+    pub links: Vec<LinkSpec>,
+    /// Forwarding rules, in insertion order.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleEntry>,
+    /// Upper bound on configuration time in milliseconds (thesis §3.2), passed on to VTTIF.
+    #[serde(default)]
+    pub config_time_bound_ms: Option<u64>,
+}
+
+/// Kind of a local interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfaceKind {
+    /// A TAP device vnetd creates (persistent, so a VM keeps its NIC across restarts).
+    Tap,
+    /// An existing device captured in promiscuous mode, with injection (AF_PACKET).
+    Attach,
+}
+
+/// A local interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IfaceSpec {
+    /// Name used in rules (`iface:NAME`).
+    pub name: String,
+    /// TAP or captured device.
+    pub kind: IfaceKind,
+    /// Kernel device name; defaults to `name`.
+    pub device: Option<String>,
+    /// Named network namespace (`ip netns`) the device lives in; default: the daemon's.
+    pub netns: Option<String>,
+    /// MAC address to give a TAP (default: the kernel's random one).
+    pub mac: Option<MacAddr>,
+    /// MTU to give a TAP (default 1500).
+    pub mtu: Option<u32>,
+}
+
+impl IfaceSpec {
+    /// The kernel device name.
+    pub fn device(&self) -> &str {
+        self.device.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Transport of a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkProto {
+    /// Length-framed frames on a TCP connection.
+    Tcp,
+    /// One frame per UDP datagram.
+    Udp,
+}
+
+impl std::fmt::Display for LinkProto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkProto::Tcp => "tcp",
+            LinkProto::Udp => "udp",
+        })
+    }
+}
+
+/// An overlay link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    /// Name used in rules (`link:NAME`); both ends use the same name.
+    pub name: String,
+    /// Transport.
+    pub proto: LinkProto,
+    /// Address to dial; `None` waits for the peer to dial in.
+    pub peer: Option<SocketAddr>,
+}
+
+/// A rule with its id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleEntry {
+    /// Identifier (assigned by the daemon when absent in a file).
+    pub id: Option<RuleId>,
+    /// Source side.
+    pub src: crate::rule::MacMatch,
+    /// Destination side.
+    pub dst: crate::rule::DstMatch,
+    /// Outputs.
+    pub out: Vec<Output>,
+}
+
+impl RuleEntry {
+    /// The rule without its id.
+    pub fn spec(&self) -> RuleSpec {
+        RuleSpec {
+            src: self.src,
+            dst: self.dst,
+            out: self.out.clone(),
+        }
+    }
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML text does not parse or has unknown/missing fields.
+    #[error("{0}")]
+    Syntax(String),
+    /// A name is empty, too long or uses characters outside [A-Za-z0-9._-].
+    #[error("{what} name `{name}` is invalid: use 1-{MAX_NAME_LEN} characters from A-Z a-z 0-9 . _ -")]
+    BadName {
+        /// "node", "link", "interface" or "device".
+        what: &'static str,
+        /// The offending name.
+        name: String,
+    },
+    /// Two interfaces or two links share a name.
+    #[error("duplicate {what} `{name}`")]
+    Duplicate {
+        /// "link", "interface" or "rule id".
+        what: &'static str,
+        /// The name or id.
+        name: String,
+    },
+    /// A rule has no outputs.
+    #[error("rule {0} has no outputs")]
+    NoOutputs(String),
+    /// A rule names an interface that is not configured.
+    #[error("rule {rule} sends to interface `{iface}`, which is not configured")]
+    UnknownIface {
+        /// The rule, as text.
+        rule: String,
+        /// The missing interface.
+        iface: String,
+    },
+    /// A rule names a link that is not configured (links the peer dials in must still be
+    /// declared, without `peer`).
+    #[error("rule {rule} sends to link `{link}`, which is not configured (declare it, without `peer` if the other end dials)")]
+    UnknownLink {
+        /// The rule, as text.
+        rule: String,
+        /// The missing link.
+        link: String,
+    },
+    /// An MTU outside what Ethernet over the overlay can carry.
+    #[error("interface `{0}`: MTU {1} is outside 68..=65000")]
+    BadMtu(String, u32),
+    /// TCP control was asked for without a token.
+    #[error("control_tcp needs control_token_file: remote control never listens unauthenticated")]
+    TcpControlWithoutToken,
+}
+
+/// True when `name` is a valid node, link or interface name.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn check_name(what: &'static str, name: &str) -> Result<(), ConfigError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ConfigError::BadName {
+            what,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Topology {
+    /// Checks names, duplicates, MTUs and that every rule output exists.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut ifaces = HashSet::new();
+        for i in &self.ifaces {
+            check_name("interface", &i.name)?;
+            // Linux device names are at most 15 bytes.
+            if i.device().len() > 15 || !valid_name(i.device()) {
+                return Err(ConfigError::BadName {
+                    what: "device",
+                    name: i.device().to_string(),
+                });
+            }
+            if let Some(ns) = &i.netns {
+                check_name("netns", ns)?;
+            }
+            if let Some(mtu) = i.mtu {
+                if !(68..=65000).contains(&mtu) {
+                    return Err(ConfigError::BadMtu(i.name.clone(), mtu));
+                }
+            }
+            if !ifaces.insert(i.name.as_str()) {
+                return Err(ConfigError::Duplicate {
+                    what: "interface",
+                    name: i.name.clone(),
+                });
+            }
+        }
+        let mut links = HashSet::new();
+        for l in &self.links {
+            check_name("link", &l.name)?;
+            if !links.insert(l.name.as_str()) {
+                return Err(ConfigError::Duplicate {
+                    what: "link",
+                    name: l.name.clone(),
+                });
+            }
+        }
+        let mut ids = HashSet::new();
+        for r in &self.rules {
+            if let Some(id) = r.id {
+                if !ids.insert(id) {
+                    return Err(ConfigError::Duplicate {
+                        what: "rule id",
+                        name: id.0.to_string(),
+                    });
+                }
+            }
+            self.check_rule(&r.spec())?;
+        }
+        Ok(())
+    }
+
+    /// Checks that a rule has outputs and that each one exists here.
+    pub fn check_rule(&self, rule: &RuleSpec) -> Result<(), ConfigError> {
+        if rule.out.is_empty() {
+            return Err(ConfigError::NoOutputs(rule.to_string()));
+        }
+        for o in &rule.out {
+            match o {
+                Output::Iface(n) if !self.ifaces.iter().any(|i| &i.name == n) => {
+                    return Err(ConfigError::UnknownIface {
+                        rule: rule.to_string(),
+                        iface: n.clone(),
+                    })
+                }
+                Output::Link(n) if !self.links.iter().any(|l| &l.name == n) => {
+                    return Err(ConfigError::UnknownLink {
+                        rule: rule.to_string(),
+                        link: n.clone(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses a topology alone (the format of `vnet config replace FILE` and of the
+    /// state file's TOML form).
+    pub fn from_toml(text: &str) -> Result<Topology, ConfigError> {
+        let t: Topology = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// Prints the topology as TOML.
+    pub fn to_toml(&self) -> String {
+        // Serializing plain data structures to TOML cannot fail.
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+impl DaemonConfig {
+    /// Parses and validates a config file's text.
+    pub fn from_toml(text: &str) -> Result<DaemonConfig, ConfigError> {
+        let c: DaemonConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Validates names and the topology.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_name("node", &self.node)?;
+        if self.control_tcp.is_some() && self.control_token_file.is_none() {
+            return Err(ConfigError::TcpControlWithoutToken);
+        }
+        self.topology.validate()
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], DEFAULT_LINK_PORT))
+}
+
+fn default_control() -> PathBuf {
+    PathBuf::from("/run/vnet/vnetd.sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+node = "h1"
+key_file = "/etc/vnet/key"
+listen = "198.18.0.2:7400"
+
+[[iface]]
+name = "vm0"
+kind = "tap"
+device = "eth0"
+netns = "lab-vm0"
+mac = "02:00:00:00:00:01"
+mtu = 1500
+
+[[link]]
+name = "h0-h1"
+proto = "tcp"
+peer = "198.18.0.1:7400"
+
+[[rule]]
+src = "any"
+dst = "02:00:00:00:00:01"
+out = ["iface:vm0"]
+
+[[rule]]
+src = "any"
+dst = "none"
+out = ["link:h0-h1"]
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = DaemonConfig::from_toml(EXAMPLE).unwrap();
+        assert_eq!(c.node, "h1");
+        assert_eq!(c.topology.ifaces[0].device(), "eth0");
+        assert_eq!(c.topology.links[0].proto, LinkProto::Tcp);
+        assert_eq!(c.topology.rules.len(), 2);
+        assert_eq!(c.control, PathBuf::from("/run/vnet/vnetd.sock"));
+    }
+
+    #[test]
+    fn topology_round_trips_through_toml() {
+        let c = DaemonConfig::from_toml(EXAMPLE).unwrap();
+        let text = c.topology.to_toml();
+        assert_eq!(Topology::from_toml(&text).unwrap(), c.topology);
+    }
+
+    #[test]
+    fn rejects_rules_to_missing_ports_and_bad_names() {
+        let bad = EXAMPLE.replace("out = [\"link:h0-h1\"]", "out = [\"link:nowhere\"]");
+        assert!(matches!(
+            DaemonConfig::from_toml(&bad),
+            Err(ConfigError::UnknownLink { .. })
+        ));
+        let bad = EXAMPLE.replace("out = [\"iface:vm0\"]", "out = [\"iface:vm9\"]");
+        assert!(matches!(
+            DaemonConfig::from_toml(&bad),
+            Err(ConfigError::UnknownIface { .. })
+        ));
+        let bad = EXAMPLE.replace("node = \"h1\"", "node = \"h 1\"");
+        assert!(matches!(
+            DaemonConfig::from_toml(&bad),
+            Err(ConfigError::BadName { .. })
+        ));
+        let bad = EXAMPLE.replace("mtu = 1500", "mtu = 20");
+        assert!(matches!(
+            DaemonConfig::from_toml(&bad),
+            Err(ConfigError::BadMtu(..))
+        ));
+        let bad = EXAMPLE.replace("proto = \"tcp\"", "proto = \"sctp\"");
+        assert!(matches!(
+            DaemonConfig::from_toml(&bad),
+            Err(ConfigError::Syntax(_))
+        ));
+        let bad = format!("{EXAMPLE}\n[[link]]\nname = \"h0-h1\"\nproto = \"udp\"\n");
+        assert!(matches!(
+            DaemonConfig::from_toml(&bad),
+            Err(ConfigError::Duplicate { .. })
+        ));
+    }
+}

@@ -1,0 +1,96 @@
+//! Local interfaces: TAP devices and captured (packet-socket) devices, and the task that
+//! reads frames from one and forwards them.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use crate::config::{IfaceKind, IfaceSpec, DEFAULT_MTU};
+use crate::daemon::Daemon;
+use crate::datapath::Worker;
+use crate::forward::PortStats;
+use crate::sys;
+use crate::table::PortId;
+use crate::wire::DEFAULT_HOP_LIMIT;
+
+/// Largest frame read from a device (a 1500-byte MTU frame is 1514; leave room for jumbo
+/// MTUs up to 65000).
+const MAX_DEVICE_FRAME: usize = 65_535;
+
+/// Opens the device of an interface.
+pub fn open(spec: &IfaceSpec) -> std::io::Result<File> {
+    match spec.kind {
+        IfaceKind::Tap => sys::open_tap(&sys::TapParams {
+            device: spec.device().to_string(),
+            netns: spec.netns.clone(),
+            mac: spec.mac,
+            mtu: spec.mtu.unwrap_or(DEFAULT_MTU),
+        }),
+        IfaceKind::Attach => {
+            if spec.netns.is_some() {
+                return Err(std::io::Error::new(
+                    ErrorKind::Unsupported,
+                    "attach interfaces live in the daemon's namespace; drop `netns`",
+                ));
+            }
+            let sock = sys::open_packet_socket(spec.device())?;
+            // The kernel queues captured frames here while we forward; the default
+            // buffer overflows under a single TCP stream.
+            if let Err(e) = sys::grow_socket_buffers(&sock, 4 * 1024 * 1024) {
+                tracing::warn!(iface = %spec.name, "cannot grow the packet socket's buffers: {e}");
+            }
+            Ok(sock)
+        }
+    }
+}
+
+/// Spawns the task that reads `device` and forwards every frame as arriving on `port`.
+pub fn spawn_reader(
+    daemon: Arc<Daemon>,
+    name: String,
+    port: PortId,
+    device: Arc<File>,
+    stats: Arc<PortStats>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = read_loop(&daemon, port, device, &stats).await {
+            tracing::error!(iface = %name, "interface stopped: {e}");
+            daemon.iface_failed(&name, e.to_string());
+        }
+    })
+}
+
+async fn read_loop(
+    daemon: &Daemon,
+    port: PortId,
+    device: Arc<File>,
+    stats: &PortStats,
+) -> std::io::Result<()> {
+    let fd = sys::async_device(device)?;
+    let mut worker = Worker::default();
+    let mut buf = vec![0u8; MAX_DEVICE_FRAME];
+    loop {
+        let mut guard = fd.readable().await?;
+        // Drain everything that is ready, then report once per batch.
+        loop {
+            match (&**guard.get_inner()).read(&mut buf) {
+                Ok(0) => return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "device closed")),
+                Ok(n) => {
+                    stats.rx(n);
+                    daemon
+                        .datapath
+                        .forward(&mut worker, port, &buf[..n], DEFAULT_HOP_LIMIT);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        daemon.datapath.report_cache(&mut worker);
+    }
+}

@@ -1,0 +1,22 @@
+//! vnetd: the per-host vnet daemon.
+//!
+//! The crate has a sans-IO core that never touches sockets, threads or the clock:
+//! [`mac`], [`rule`], [`table`] (forwarding table and lookup cache), [`wire`] (link frame
+//! codec), [`handshake`] (link authentication state machine), [`control::proto`]
+//! (control messages) and [`config`]. Around it sit thin drivers: [`sys`] (every `unsafe`
+//! ioctl), TAP and packet-socket interfaces, TCP/UDP links, the control server and the
+//! daemon that wires them together. See ARCHITECTURE.md at the repository root.
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod datapath;
+pub mod forward;
+pub mod handshake;
+pub mod iface;
+pub mod link;
+pub mod mac;
+pub mod rule;
+pub mod sys;
+pub mod table;
+pub mod wire;

@@ -1,0 +1,590 @@
+//! UDP links: every link shares the daemon's one UDP socket. One task receives every
+//! datagram, runs the handshakes, keeps sessions alive and forwards frames; senders on
+//! other tasks write frames to the socket directly.
+//!
+//! Liveness: an up session sends a keepalive every [`KEEPALIVE`] and is declared dead
+//! after [`DEAD_AFTER`] without hearing from the peer. A datagram for a session the
+//! receiver does not know (it restarted) is answered with a Reset, upon which a dialing
+//! end handshakes again at once, so a restarted peer is reachable again within a
+//! handshake round trip rather than after [`DEAD_AFTER`].
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::control::proto::LinkState;
+use crate::daemon::{Daemon, LinkInfo};
+use crate::datapath::{PortTx, Worker};
+use crate::forward::{DropReason, PortStats};
+use crate::handshake::{self, Initiator, Refused, Responder};
+use crate::link::{idle_state, update};
+use crate::rule::Output;
+use crate::table::PortId;
+use crate::wire::{self, Header, Kind};
+
+/// Interval between keepalives of an up session. It also bounds how long a dialing end
+/// that has nothing to send takes to learn (from the Reset its keepalive earns) that a
+/// waiting peer restarted, so it is well under the one-second reconnection target: with
+/// 1 s, a proxy restart cut a host that only receives off for up to ~1.1 s.
+const KEEPALIVE: Duration = Duration::from_millis(400);
+/// Silence after which an up session is dead.
+const DEAD_AFTER: Duration = Duration::from_millis(5000);
+/// Interval between retransmissions of Hello and Proof.
+const RETRANSMIT: Duration = Duration::from_millis(250);
+/// A handshake that has not finished by then starts over.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Timer resolution of the link task.
+const TICK: Duration = Duration::from_millis(50);
+/// Socket buffer asked for: a few milliseconds of frames at several Gbit/s.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+/// Resets sent per tick at most, so garbage cannot make us a traffic amplifier.
+const RESETS_PER_TICK: u32 = 8;
+
+enum Command {
+    Add {
+        name: String,
+        peer: Option<SocketAddr>,
+        info: Arc<Mutex<LinkInfo>>,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+/// The UDP socket and the command queue of its task.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    /// The daemon's UDP link socket.
+    pub socket: Arc<UdpSocket>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+/// The receiving end the task consumes; returned by [`bind`], given to [`spawn`].
+#[derive(Debug)]
+pub struct Commands(mpsc::UnboundedReceiver<Command>);
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Add { name, .. } => write!(f, "Add({name})"),
+            Command::Remove { name } => write!(f, "Remove({name})"),
+        }
+    }
+}
+
+impl Handle {
+    /// Starts handling a UDP link: dial `peer`, or wait for the peer when `None`.
+    pub fn add_link(&self, name: String, peer: Option<SocketAddr>, info: Arc<Mutex<LinkInfo>>) {
+        // The task lives as long as the daemon; a send error only happens at shutdown.
+        let _ = self.commands.send(Command::Add { name, peer, info });
+    }
+
+    /// Stops handling a link (no-op for links it does not know, e.g. TCP ones).
+    pub fn remove_link(&self, name: String) {
+        let _ = self.commands.send(Command::Remove { name });
+    }
+}
+
+/// Binds the UDP link socket.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(Handle, Commands)> {
+    let socket = UdpSocket::bind(addr).await?;
+    if let Err(e) = crate::sys::grow_socket_buffers(&socket, SOCKET_BUFFER) {
+        tracing::warn!("cannot grow the UDP link socket's buffers: {e}");
+    }
+    let socket = Arc::new(socket);
+    let (tx, rx) = mpsc::unbounded_channel();
+    Ok((Handle { socket, commands: tx }, Commands(rx)))
+}
+
+enum Phase {
+    /// Waiting for the peer to dial (links without `peer`), or between dial attempts.
+    Idle,
+    /// Hello sent, waiting for the Challenge.
+    Hello {
+        initiator: Initiator,
+        hello: Vec<u8>,
+        started: Instant,
+        sent: Instant,
+    },
+    /// Proof sent, waiting for the Welcome.
+    Proof {
+        initiator: Initiator,
+        proof: Vec<u8>,
+        session: u32,
+        started: Instant,
+        sent: Instant,
+    },
+    /// Challenge sent to `addr`, waiting for the Proof.
+    Challenged {
+        responder: Responder,
+        addr: SocketAddr,
+        started: Instant,
+    },
+    /// Forwarding.
+    Up {
+        addr: SocketAddr,
+        session: u32,
+        token: u64,
+        heard: Instant,
+        keepalive: Instant,
+    },
+}
+
+struct Link {
+    name: String,
+    peer: Option<SocketAddr>,
+    info: Arc<Mutex<LinkInfo>>,
+    /// The link's port and counters, looked up once so receiving takes no lock.
+    port: PortId,
+    stats: Arc<PortStats>,
+    phase: Phase,
+}
+
+struct Task {
+    daemon: Arc<Daemon>,
+    socket: Arc<UdpSocket>,
+    links: HashMap<String, Link>,
+    worker: Worker,
+    resets: u32,
+    /// Handshakes answered for links whose session is still up (the peer restarted, or
+    /// someone replays a Hello): the old session stays until the new one is proven.
+    pending: HashMap<String, (Responder, SocketAddr, Instant)>,
+}
+
+/// Spawns the task that runs every UDP link.
+pub fn spawn(daemon: Arc<Daemon>, commands: Commands) -> JoinHandle<()> {
+    let socket = daemon.udp.socket.clone();
+    tokio::spawn(async move {
+        let mut task = Task {
+            daemon,
+            socket: socket.clone(),
+            links: HashMap::new(),
+            worker: Worker::default(),
+            resets: 0,
+            pending: HashMap::new(),
+        };
+        let mut commands = commands.0;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            tokio::select! {
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        task.on_datagram(&buf[..n], from, Instant::now());
+                        // Drain what else is queued before looking at timers again.
+                        while let Ok((n, from)) = socket.try_recv_from(&mut buf) {
+                            task.on_datagram(&buf[..n], from, Instant::now());
+                        }
+                        task.daemon.datapath.report_cache(&mut task.worker);
+                    }
+                    // ICMP errors surface as ECONNREFUSED on Linux; they are not fatal.
+                    Err(e) if e.kind() != ErrorKind::WouldBlock => tracing::debug!("udp recv: {e}"),
+                    Err(_) => {}
+                },
+                c = commands.recv() => match c {
+                    Some(c) => task.on_command(c, Instant::now()),
+                    None => return,
+                },
+                _ = tick.tick() => task.on_tick(Instant::now()),
+            }
+        }
+    })
+}
+
+impl Task {
+    fn send(&self, to: SocketAddr, kind: Kind, session: u32, payload: &[u8]) {
+        let mut msg = Vec::with_capacity(wire::HEADER_LEN + payload.len());
+        if wire::encode_message(kind, 0, session, payload, &mut msg).is_ok() {
+            if let Err(e) = self.socket.try_send_to(&msg, to) {
+                tracing::debug!(peer = %to, "udp send {kind:?}: {e}");
+            }
+        }
+    }
+
+    fn on_command(&mut self, c: Command, now: Instant) {
+        match c {
+            Command::Add { name, peer, info } => {
+                let (port, stats) = self.daemon.port(&Output::Link(name.clone()));
+                let link = Link {
+                    name: name.clone(),
+                    peer,
+                    info,
+                    port,
+                    stats,
+                    phase: Phase::Idle,
+                };
+                if let Some(old) = self.links.insert(name, link) {
+                    self.end_session(old, "link replaced");
+                }
+                self.on_tick(now);
+            }
+            Command::Remove { name } => {
+                if let Some(old) = self.links.remove(&name) {
+                    self.end_session(old, "link deleted");
+                }
+            }
+        }
+    }
+
+    fn end_session(&self, link: Link, why: &str) {
+        if let Phase::Up { token, .. } = link.phase {
+            self.daemon.link_down(&link.name, token);
+            tracing::info!(link = %link.name, "udp session ended: {why}");
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        self.resets = 0;
+        self.pending
+            .retain(|_, (_, _, started)| now - *started <= HANDSHAKE_TIMEOUT);
+        let names: Vec<String> = self.links.keys().cloned().collect();
+        for name in names {
+            let Some(mut link) = self.links.remove(&name) else {
+                continue;
+            };
+            self.tick_link(&mut link, now);
+            self.links.insert(name, link);
+        }
+    }
+
+    fn tick_link(&mut self, link: &mut Link, now: Instant) {
+        match &mut link.phase {
+            Phase::Idle => {
+                if let Some(peer) = link.peer {
+                    let id = &self.daemon.identity;
+                    let (initiator, hello) =
+                        Initiator::new(id.key.clone(), &id.node, &link.name, rand::random());
+                    let hello = handshake::encode_payload(&hello);
+                    self.send(peer, Kind::Hello, 0, &hello);
+                    link.phase = Phase::Hello {
+                        initiator,
+                        hello,
+                        started: now,
+                        sent: now,
+                    };
+                    update(&link.info, |i| i.state = LinkState::Connecting);
+                }
+            }
+            Phase::Hello {
+                hello, started, sent, ..
+            } => {
+                if now - *started > HANDSHAKE_TIMEOUT {
+                    link.phase = Phase::Idle;
+                } else if now - *sent > RETRANSMIT {
+                    *sent = now;
+                    if let Some(peer) = link.peer {
+                        self.send(peer, Kind::Hello, 0, hello);
+                    }
+                }
+            }
+            Phase::Proof {
+                proof,
+                session,
+                started,
+                sent,
+                ..
+            } => {
+                if now - *started > HANDSHAKE_TIMEOUT {
+                    link.phase = Phase::Idle;
+                } else if now - *sent > RETRANSMIT {
+                    *sent = now;
+                    if let Some(peer) = link.peer {
+                        self.send(peer, Kind::Proof, *session, proof);
+                    }
+                }
+            }
+            Phase::Challenged { started, .. } => {
+                if now - *started > HANDSHAKE_TIMEOUT {
+                    link.phase = Phase::Idle;
+                }
+            }
+            Phase::Up {
+                addr,
+                session,
+                token,
+                heard,
+                keepalive,
+            } => {
+                if now - *heard > DEAD_AFTER {
+                    tracing::warn!(link = %link.name, "udp session timed out");
+                    self.daemon.link_down(&link.name, *token);
+                    update(&link.info, |i| {
+                        i.state = idle_state(link.peer.is_some());
+                        i.last_error = Some(format!("no datagram from the peer for {DEAD_AFTER:?}"));
+                    });
+                    link.phase = Phase::Idle;
+                } else if now - *keepalive > KEEPALIVE {
+                    *keepalive = now;
+                    let (addr, session) = (*addr, *session);
+                    self.send(addr, Kind::Keepalive, session, &[]);
+                }
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, buf: &[u8], from: SocketAddr, now: Instant) {
+        let drops = &self.daemon.datapath.drops;
+        let (header, payload) = match wire::decode_datagram(buf) {
+            Ok(m) => m,
+            Err(_) => {
+                drops.add(DropReason::BadMessage);
+                return;
+            }
+        };
+        match header.kind {
+            Kind::Frame | Kind::Keepalive => self.on_session_message(header, payload, from, now),
+            Kind::Hello => self.on_hello(payload, from, now),
+            Kind::Challenge => self.on_challenge(payload, from, now),
+            Kind::Proof => self.on_proof(header, payload, from, now),
+            Kind::Welcome => self.on_welcome(header, from, now),
+            Kind::Reset => self.on_reset(header, from, now),
+            Kind::Refused => self.on_refused(payload, from),
+        }
+    }
+
+    fn session_link(&mut self, from: SocketAddr, id: u32) -> Option<&mut Link> {
+        self.links
+            .values_mut()
+            .find(|l| matches!(l.phase, Phase::Up { addr, session, .. } if addr == from && session == id))
+    }
+
+    fn on_session_message(&mut self, header: Header, payload: &[u8], from: SocketAddr, now: Instant) {
+        let Some(link) = self.session_link(from, header.session) else {
+            self.daemon.datapath.drops.add(DropReason::NoSession);
+            if self.resets < RESETS_PER_TICK {
+                self.resets += 1;
+                self.send(from, Kind::Reset, header.session, &[]);
+            }
+            return;
+        };
+        if let Phase::Up { heard, .. } = &mut link.phase {
+            *heard = now;
+        }
+        if header.kind == Kind::Frame {
+            link.stats.rx(payload.len());
+            let port = link.port;
+            self.daemon
+                .datapath
+                .forward(&mut self.worker, port, payload, header.hop_limit);
+        }
+    }
+
+    fn refuse(&self, to: SocketAddr, reason: &str) {
+        tracing::warn!(peer = %to, "udp link refused: {reason}");
+        self.send(
+            to,
+            Kind::Refused,
+            0,
+            &handshake::encode_payload(&Refused::new(reason)),
+        );
+    }
+
+    fn on_hello(&mut self, payload: &[u8], from: SocketAddr, now: Instant) {
+        let Ok(hello) = handshake::decode_hello(payload) else {
+            self.daemon.datapath.drops.add(DropReason::BadMessage);
+            return;
+        };
+        let id = &self.daemon.identity;
+        let Some(link) = self.links.get_mut(&hello.link) else {
+            let reason = format!("no udp link `{}` here", hello.link);
+            return self.refuse(from, &reason);
+        };
+        if link.peer.is_some() {
+            let reason = format!("link `{}` dials from here; it does not wait", hello.link);
+            return self.refuse(from, &reason);
+        }
+        let session = rand::random::<u32>().max(1);
+        let (responder, challenge) =
+            Responder::on_hello(id.key.clone(), &id.node, &hello, rand::random(), session);
+        let challenge = handshake::encode_payload(&challenge);
+        // An up session stays up until the new handshake proves the peer (a forged Hello
+        // cannot tear it down).
+        if !matches!(link.phase, Phase::Up { .. }) {
+            link.phase = Phase::Challenged {
+                responder,
+                addr: from,
+                started: now,
+            };
+        } else {
+            self.pending.insert(hello.link.clone(), (responder, from, now));
+        }
+        self.send(from, Kind::Challenge, 0, &challenge);
+    }
+
+    fn on_challenge(&mut self, payload: &[u8], from: SocketAddr, now: Instant) {
+        let Ok(challenge) = handshake::decode_challenge(payload) else {
+            self.daemon.datapath.drops.add(DropReason::BadMessage);
+            return;
+        };
+        let Some(link) = self
+            .links
+            .values_mut()
+            .find(|l| l.peer == Some(from) && matches!(l.phase, Phase::Hello { .. }))
+        else {
+            return;
+        };
+        let Phase::Hello { initiator, .. } = &mut link.phase else {
+            return;
+        };
+        match initiator.on_challenge(&challenge) {
+            Ok(proof) => {
+                let proof = handshake::encode_payload(&proof);
+                let initiator = initiator.clone();
+                link.phase = Phase::Proof {
+                    initiator,
+                    proof: proof.clone(),
+                    session: challenge.session,
+                    started: now,
+                    sent: now,
+                };
+                self.send(from, Kind::Proof, challenge.session, &proof);
+            }
+            Err(e) => {
+                tracing::warn!(link = %link.name, peer = %from, "udp handshake failed: {e}");
+                update(&link.info, |i| i.last_error = Some(e.to_string()));
+                self.daemon.datapath.drops.add(DropReason::AuthFailed);
+            }
+        }
+    }
+
+    fn on_proof(&mut self, header: Header, payload: &[u8], from: SocketAddr, now: Instant) {
+        let Ok(proof) = handshake::decode_proof(payload) else {
+            self.daemon.datapath.drops.add(DropReason::BadMessage);
+            return;
+        };
+        // Our Welcome got lost: the peer proves again for the session we already run.
+        if self.session_link(from, header.session).is_some() {
+            self.send(from, Kind::Welcome, header.session, &[]);
+            return;
+        }
+        let Some(name) = self
+            .links
+            .iter()
+            .find_map(|(name, l)| match &l.phase {
+                Phase::Challenged { responder, addr, .. }
+                    if *addr == from && responder.session() == header.session =>
+                {
+                    Some(name.clone())
+                }
+                _ => None,
+            })
+            .or_else(|| {
+                self.pending.iter().find_map(|(name, (r, addr, _))| {
+                    (*addr == from && r.session() == header.session).then(|| name.clone())
+                })
+            })
+        else {
+            return;
+        };
+        let responder = match self.links.get(&name).map(|l| &l.phase) {
+            Some(Phase::Challenged { responder, .. }) => responder.clone(),
+            _ => match self.pending.remove(&name) {
+                Some((r, _, _)) => r,
+                None => return,
+            },
+        };
+        match responder.on_proof(&proof) {
+            Ok(session) => {
+                self.send(from, Kind::Welcome, session.id, &[]);
+                self.session_up(&name, from, session.id, &session.peer_node, now);
+            }
+            Err(e) => {
+                self.daemon.datapath.drops.add(DropReason::AuthFailed);
+                tracing::warn!(link = %name, peer = %from, "udp peer failed authentication: {e}");
+                self.refuse(from, "authentication failed");
+                if let Some(link) = self.links.get_mut(&name) {
+                    if matches!(link.phase, Phase::Challenged { .. }) {
+                        link.phase = Phase::Idle;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_welcome(&mut self, header: Header, from: SocketAddr, now: Instant) {
+        let Some((name, result)) = self.links.iter().find_map(|(name, l)| match &l.phase {
+            Phase::Proof {
+                initiator, session, ..
+            } if l.peer == Some(from) && *session == header.session => {
+                Some((name.clone(), initiator.on_welcome(header.session)))
+            }
+            _ => None,
+        }) else {
+            return;
+        };
+        match result {
+            Ok(session) => self.session_up(&name, from, session.id, &session.peer_node, now),
+            Err(e) => tracing::warn!(link = %name, "udp welcome rejected: {e}"),
+        }
+    }
+
+    fn session_up(&mut self, name: &str, addr: SocketAddr, session: u32, peer_node: &str, now: Instant) {
+        let Some(link) = self.links.get_mut(name) else {
+            return;
+        };
+        let tx = PortTx::Udp {
+            socket: self.socket.clone(),
+            peer: addr,
+            session,
+        };
+        // Installing the new send side replaces the old session's, if any.
+        let token = self.daemon.link_up(name, tx);
+        link.phase = Phase::Up {
+            addr,
+            session,
+            token,
+            heard: now,
+            keepalive: now,
+        };
+        tracing::info!(link = %name, peer = %addr, node = %peer_node, "link up (udp)");
+        update(&link.info, |i| {
+            i.state = LinkState::Up;
+            i.peer_node = Some(peer_node.to_string());
+            i.remote = Some(addr);
+            i.sessions += 1;
+            i.last_error = None;
+        });
+    }
+
+    fn on_reset(&mut self, header: Header, from: SocketAddr, _now: Instant) {
+        // Unauthenticated: it can only make a dialing end handshake again, never cut a
+        // waiting end's session.
+        let Some(link) = self.links.values_mut().find(|l| {
+            l.peer == Some(from) && matches!(l.phase, Phase::Up { session, .. } if session == header.session)
+        }) else {
+            return;
+        };
+        if let Phase::Up { token, .. } = link.phase {
+            self.daemon.link_down(&link.name, token);
+        }
+        tracing::info!(link = %link.name, "peer lost our udp session (restarted?); handshaking again");
+        update(&link.info, |i| i.state = LinkState::Connecting);
+        link.phase = Phase::Idle;
+        let name = link.name.clone();
+        if let Some(mut link) = self.links.remove(&name) {
+            self.tick_link(&mut link, Instant::now());
+            self.links.insert(name, link);
+        }
+    }
+
+    fn on_refused(&mut self, payload: &[u8], from: SocketAddr) {
+        let reason = handshake::decode_refused(payload)
+            .map(|r| r.reason)
+            .unwrap_or_else(|e| e.to_string());
+        for link in self.links.values_mut().filter(|l| l.peer == Some(from)) {
+            if matches!(link.phase, Phase::Hello { .. } | Phase::Proof { .. }) {
+                tracing::warn!(link = %link.name, peer = %from, "peer refused the link: {reason}");
+                update(&link.info, |i| {
+                    i.last_error = Some(format!("peer refused the link: {reason}"))
+                });
+            }
+        }
+    }
+}

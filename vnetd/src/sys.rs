@@ -1,0 +1,258 @@
+//! Every `unsafe` call of vnetd: TAP ioctls, packet sockets, network namespaces.
+//!
+//! Each function returns owned, non-blocking file descriptors; reads and writes then go
+//! through safe `std::fs::File` methods.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::mac::MacAddr;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+/// PACKET_IGNORE_OUTGOING (Linux 4.20): the packet socket does not see the frames it sends.
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+
+fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad device name `{name}`"),
+        ));
+    }
+    // SAFETY: ifreq is a plain C struct for which all-zero bytes are a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    Ok(ifr)
+}
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A socket for interface ioctls (SIOCSIFHWADDR and friends) in the current namespace.
+fn ioctl_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the fd is owned right away.
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Settings for a TAP device.
+#[derive(Debug, Clone)]
+pub struct TapParams {
+    /// Kernel device name.
+    pub device: String,
+    /// Named network namespace to create it in (`/run/netns/NAME`).
+    pub netns: Option<String>,
+    /// MAC address to set.
+    pub mac: Option<MacAddr>,
+    /// MTU to set.
+    pub mtu: u32,
+}
+
+/// Creates (or re-attaches to) a persistent TAP device, sets its MAC and MTU, brings it up
+/// and returns its non-blocking queue fd. With `netns`, all of it happens inside that
+/// namespace on a short-lived thread, so the daemon's own threads never change namespace.
+pub fn open_tap(params: &TapParams) -> io::Result<File> {
+    match &params.netns {
+        None => open_tap_here(params),
+        Some(ns) => {
+            let ns_path = format!("/run/netns/{ns}");
+            let ns_file = File::open(&ns_path)
+                .map_err(|e| io::Error::new(e.kind(), format!("network namespace {ns_path}: {e}")))?;
+            let params = params.clone();
+            std::thread::spawn(move || {
+                // SAFETY: setns on a namespace fd we opened; it changes only this thread,
+                // which exits right after.
+                cvt(unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) })?;
+                open_tap_here(&params)
+            })
+            .join()
+            .map_err(|_| io::Error::other("TAP creation thread panicked"))?
+        }
+    }
+}
+
+fn open_tap_here(params: &TapParams) -> io::Result<File> {
+    let path = CString::new("/dev/net/tun").map_err(io::Error::other)?;
+    // SAFETY: open(2) on a valid C string; the fd is owned right away.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+    // SAFETY: fd is fresh and owned by nobody else.
+    let tap = unsafe { File::from_raw_fd(fd) };
+    let mut ifr = ifreq_for(&params.device)?;
+    ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI;
+    // SAFETY: TUNSETIFF reads and writes an ifreq we own, on a tun fd.
+    cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF, &mut ifr) })?;
+    // Persistent, so the VM keeps its NIC (and addresses) across a daemon restart.
+    // SAFETY: TUNSETPERSIST takes an integer argument.
+    cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) })?;
+    let sock = ioctl_socket()?;
+    if let Some(mac) = params.mac {
+        let mut ifr = ifreq_for(&params.device)?;
+        // SAFETY: writing the hwaddr member of a zeroed ifreq we own.
+        unsafe {
+            ifr.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+            for (d, s) in ifr.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac.0) {
+                *d = s as libc::c_char;
+            }
+        }
+        // SAFETY: SIOCSIFHWADDR reads the ifreq we own.
+        cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFHWADDR, &ifr) })?;
+    }
+    let mut ifr = ifreq_for(&params.device)?;
+    ifr.ifr_ifru.ifru_mtu = params.mtu as libc::c_int;
+    // SAFETY: SIOCSIFMTU reads the ifreq we own.
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &ifr) })?;
+    set_up(sock.as_raw_fd(), &params.device)?;
+    Ok(tap)
+}
+
+fn set_up(sock: RawFd, device: &str) -> io::Result<()> {
+    let mut ifr = ifreq_for(device)?;
+    // SAFETY: SIOCGIFFLAGS fills the ifreq we own.
+    cvt(unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut ifr) })?;
+    // SAFETY: reading and writing the flags member that SIOCGIFFLAGS just filled.
+    unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
+    cvt(unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr) })?;
+    Ok(())
+}
+
+/// Clears the persist flag so the device disappears when `tap` is closed (interface
+/// deletion, as opposed to a daemon restart).
+pub fn tap_unpersist(tap: &File) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes an integer argument, on a tun fd we own.
+    cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETPERSIST, 0 as libc::c_ulong) })?;
+    Ok(())
+}
+
+/// Opens a non-blocking AF_PACKET socket bound to `device`, in promiscuous mode, that does
+/// not see its own transmissions. Reads return whole Ethernet frames; writes inject them.
+pub fn open_packet_socket(device: &str) -> io::Result<File> {
+    let name = CString::new(device).map_err(io::Error::other)?;
+    // SAFETY: if_nametoindex reads a valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no device `{device}`"),
+        ));
+    }
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2) call; the fd is owned right away.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            proto as libc::c_int,
+        )
+    })?;
+    // SAFETY: fd is fresh and owned by nobody else.
+    let sock = unsafe { File::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = index as libc::c_int;
+    // SAFETY: bind with a pointer to a sockaddr_ll we own and its exact size.
+    cvt(unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    })?;
+    // SAFETY: packet_mreq is plain data; all-zero is valid.
+    let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
+    mreq.mr_ifindex = index as libc::c_int;
+    mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+    setsockopt(
+        sock.as_raw_fd(),
+        libc::SOL_PACKET,
+        libc::PACKET_ADD_MEMBERSHIP,
+        &mreq,
+    )?;
+    setsockopt(
+        sock.as_raw_fd(),
+        libc::SOL_PACKET,
+        PACKET_IGNORE_OUTGOING,
+        &1 as &libc::c_int,
+    )?;
+    Ok(sock)
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: value points to a live T of the size we pass.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Registers a device with the async reactor for readiness (reads stay non-blocking
+/// `File` reads).
+pub fn async_device(
+    device: std::sync::Arc<File>,
+) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<File>>> {
+    // SAFETY: the AsyncFd owns an Arc to the File, so the descriptor stays open and names
+    // the same open file description for the AsyncFd's whole life; Arc<File>::as_raw_fd
+    // always returns that descriptor.
+    unsafe { tokio::io::unix::AsyncFd::register(device) }.map_err(|e| e.into_parts().1)
+}
+
+/// Sends signal `sig` to the single process `pid`; false when it does not exist. Refuses
+/// PIDs <= 1 (which would name a process group, every process, or init).
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> bool {
+    if pid <= 1 {
+        return false;
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; pid > 1 names
+    // one process.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Reaps `pid` if it is an exited child of ours; true when it was reaped. For a PID that
+/// is not our child this does nothing and returns false.
+pub fn reap_if_exited(pid: libc::pid_t) -> bool {
+    if pid <= 1 {
+        return false;
+    }
+    let mut status = 0;
+    // SAFETY: waitpid(2) with WNOHANG writes only the status integer we pass.
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == pid }
+}
+
+/// Asks for `bytes` of socket receive and send buffer, beyond `net.core.rmem_max` when
+/// privileged (SO_RCVBUFFORCE), so bursts are queued rather than dropped by the kernel.
+/// Best effort: returns the error of the plain request if even that fails.
+pub fn grow_socket_buffers(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, force, &size).is_err() {
+            setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, plain, &size)?;
+        }
+    }
+    Ok(())
+}
