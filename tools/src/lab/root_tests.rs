@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use super::*;
 
 /// Opens the control socket named in the config, answers nothing, runs until killed.
+/// To every request it answers with REPLY_HEX: "no links", so the lab sees every link up.
 /// When its file name contains "crash", it prints a message and exits 3 instead.
 const FAKE_VNETD: &str = r#"#!/usr/bin/python3
 import re, socket, sys
@@ -19,15 +20,30 @@ s = socket.socket(socket.AF_UNIX)
 s.bind(path)
 s.listen(16)
 print("fake vnetd listening on", path, flush=True)
+reply = bytes.fromhex("REPLY_HEX")
 while True:
     c, _ = s.accept()
+    head = c.recv(4)
+    if len(head) == 4:
+        body = b""
+        want = int.from_bytes(head, "big")
+        while len(body) < want:
+            chunk = c.recv(want - len(body))
+            if not chunk:
+                break
+            body += chunk
+        c.sendall(reply)
     c.close()
 "#;
 
 fn fake_vnetd(kind: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::temp_dir().join(format!("vnet-lab-fake-vnetd-{kind}-{}.py", std::process::id()));
-    fs::write(&path, FAKE_VNETD).unwrap();
+    let reply = vnetd::control::proto::encode(&vnetd::control::proto::ResponseEnvelope {
+        version: vnetd::control::proto::PROTOCOL_VERSION,
+        result: Ok(vnetd::control::proto::Response::Links(Vec::new())),
+    });
+    fs::write(&path, FAKE_VNETD.replace("REPLY_HEX", &hex::encode(reply))).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     path
 }
@@ -35,7 +51,10 @@ fn fake_vnetd(kind: &str) -> PathBuf {
 /// True when this process may build network namespaces. Otherwise prints a loud
 /// SKIPPED line, or panics under CI=true, where skipping would hide a broken setup.
 fn can_build_namespaces(test: &str) -> bool {
-    let probe = format!("ltprobe{}", std::process::id());
+    // Tests run in parallel threads of one process: the probe name must differ per call.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("ltprobe{}-{n}", std::process::id());
     if sys::ip(&["netns", "add", &probe]).is_ok() {
         let _ = sys::ip(&["netns", "del", &probe]);
         return true;
