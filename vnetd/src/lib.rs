@@ -16,6 +16,7 @@ pub mod handshake;
 pub mod iface;
 pub mod link;
 pub mod mac;
+pub mod offload;
 pub mod rule;
 pub mod sys;
 pub mod table;
