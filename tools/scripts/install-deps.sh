@@ -11,6 +11,7 @@ command -v iperf3 >/dev/null || need+=(iperf3)
 command -v jq >/dev/null || need+=(jq)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v xxd >/dev/null || need+=(xxd)
+command -v tincd >/dev/null || need+=(tinc)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

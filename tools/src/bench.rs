@@ -1,9 +1,11 @@
-//! `vnet bench`: VM-to-VM TCP throughput (iperf3) and RTT (ping) in the lab, over a vnet
-//! TCP link, a vnet UDP link and kernel VXLAN between the same namespaces, in one run,
-//! printed as ratios to VXLAN.
+//! `vnet bench`: VM-to-VM TCP throughput (iperf3, one and four streams) and RTT (ping) in
+//! the lab, over a vnet TCP link, a vnet UDP link, kernel VXLAN and tinc 1.0 in switch mode
+//! (no cipher, and its default cipher) between the same namespaces, in one run, printed
+//! as ratios to VXLAN and to tinc.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -26,6 +28,9 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Skip the tinc runs (tinc is installed by tools/scripts/install-deps.sh).
+    #[arg(long)]
+    no_tinc: bool,
 }
 
 /// One measured path.
@@ -33,8 +38,10 @@ pub struct BenchArgs {
 pub struct Measurement {
     /// What carried the traffic.
     pub path: String,
-    /// iperf3 receiver throughput, Gbit/s.
+    /// iperf3 receiver throughput, one stream, Gbit/s.
     pub gbit_per_s: f64,
+    /// iperf3 receiver throughput, four streams, Gbit/s.
+    pub gbit_per_s_4: f64,
     /// Mean ping RTT, microseconds.
     pub rtt_us: f64,
 }
@@ -130,9 +137,11 @@ fn measure(path: &str, info: &LabInfo, to_ip: &str, args: &BenchArgs) -> Result<
     ping_rtt(&a.netns, to_ip, 3)?;
     let rtt_us = ping_rtt(&a.netns, to_ip, args.pings)?;
     let gbit_per_s = iperf(&a.netns, &b.netns, to_ip, args.seconds, 1)?;
+    let gbit_per_s_4 = iperf(&a.netns, &b.netns, to_ip, args.seconds, 4)?;
     Ok(Measurement {
         path: path.to_string(),
         gbit_per_s,
+        gbit_per_s_4,
         rtt_us,
     })
 }
@@ -177,6 +186,107 @@ fn add_vxlan(info: &LabInfo) -> Result<String> {
     Ok("198.19.1.2".to_string())
 }
 
+/// A running tinc 1.0 daemon, stopped (by its PID) when dropped.
+struct Tincd(Child);
+
+impl Drop for Tincd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Connects the two VMs of a lab with tinc 1.0 in switch mode: a tincd in each VM's
+/// host namespace, its TAP `device` moved into the VM with address `subnet`.x/24.
+/// `cipher` false sets Cipher and Digest to none. Returns the daemons and vm1's address.
+fn add_tinc(
+    info: &LabInfo,
+    device: &str,
+    port: u16,
+    subnet: &str,
+    cipher: bool,
+) -> Result<(Vec<Tincd>, String)> {
+    let host = |name: &str| info.hosts.iter().find(|h| h.name == name).context("unknown host");
+    let (a, b) = (&info.vms[0], &info.vms[1]);
+    let ends = [(a, host(&a.host)?), (b, host(&b.host)?)];
+    let root = info.dir.join(device);
+    for (_, h) in &ends {
+        let dir = root.join(&h.name);
+        std::fs::create_dir_all(dir.join("hosts")).with_context(|| format!("creating {}", dir.display()))?;
+        let connect = if h.name == ends[1].1.name {
+            format!("ConnectTo = {}\n", ends[0].1.name)
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            dir.join("tinc.conf"),
+            format!(
+                "Name = {}\nMode = switch\nDeviceType = tap\nInterface = {device}\nAddressFamily = ipv4\n\
+                 BindToAddress = {} {port}\n{connect}",
+                h.name, h.underlay
+            ),
+        )?;
+        let ciphers = if cipher {
+            ""
+        } else {
+            "Cipher = none\nDigest = none\n"
+        };
+        std::fs::write(
+            dir.join("hosts").join(&h.name),
+            format!("Address = {} {port}\n{ciphers}", h.underlay),
+        )?;
+        // Appends the public key to hosts/NAME; with stdin closed it takes the default paths.
+        sys::run("tincd", &["-c", &dir.to_string_lossy(), "-K2048"])?;
+    }
+    // Each node needs the other's host file (address, cipher settings, public key).
+    for (_, h) in &ends {
+        for (_, other) in &ends {
+            if other.name != h.name {
+                std::fs::copy(
+                    root.join(&other.name).join("hosts").join(&other.name),
+                    root.join(&h.name).join("hosts").join(&other.name),
+                )?;
+            }
+        }
+    }
+    let mut daemons = Vec::new();
+    for (vm, h) in &ends {
+        let dir = root.join(&h.name);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &h.netns, "tincd", "-D", "-c"])
+            .arg(&dir)
+            .arg(format!("--pidfile={}", dir.join("pid").display()))
+            .arg(format!("--logfile={}", dir.join("log").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start tincd (install it: tools/scripts/install-deps.sh)")?;
+        daemons.push(Tincd(child));
+        let appeared = sys::poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            sys::run("ip", &["-n", &h.netns, "link", "show", device]).is_ok()
+        });
+        if !appeared {
+            bail!("tincd in {} did not create {device}", h.netns);
+        }
+        let ip = format!("{subnet}.{}/24", if vm.name == a.name { 1 } else { 2 });
+        sys::run("ip", &["-n", &h.netns, "link", "set", device, "netns", &vm.netns])?;
+        sys::run("ip", &["-n", &vm.netns, "addr", "add", &ip, "dev", device])?;
+        sys::run("ip", &["-n", &vm.netns, "link", "set", device, "up"])?;
+    }
+    let to = format!("{subnet}.2");
+    let reachable = sys::poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        in_ns(&a.netns, &["ping", "-c", "1", "-W", "1", &to]).is_ok()
+    });
+    if !reachable {
+        bail!(
+            "the tinc tunnel {device} does not carry traffic; see {}",
+            root.display()
+        );
+    }
+    Ok((daemons, to))
+}
+
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> Result<()> {
     let mut results = Vec::new();
@@ -188,36 +298,54 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let _teardown = Teardown(&args.name);
         let vm1_ip = info.vms[1].ip.to_string();
         results.push(measure(label, &info, &vm1_ip, &args)?);
-        if link == LabLink::Udp {
-            let vx_ip = add_vxlan(&info)?;
-            results.push(measure("kernel vxlan", &info, &vx_ip, &args)?);
+        if link != LabLink::Udp {
+            continue;
+        }
+        // The references run between the same VM namespaces of the last lab.
+        let vx_ip = add_vxlan(&info)?;
+        results.push(measure("kernel vxlan", &info, &vx_ip, &args)?);
+        if !args.no_tinc {
+            let tincs = [
+                ("tinc (no cipher)", "tnc0", 655, "198.19.2", false),
+                ("tinc (default)", "tnc1", 656, "198.19.3", true),
+            ];
+            for (label, device, port, subnet, cipher) in tincs {
+                let (_daemons, ip) = add_tinc(&info, device, port, subnet, cipher)?;
+                results.push(measure(label, &info, &ip, &args)?);
+            }
         }
     }
-    let vxlan = results
-        .iter()
-        .find(|m| m.path == "kernel vxlan")
-        .context("no VXLAN figure")?;
-    let (ref_gbit, ref_rtt) = (vxlan.gbit_per_s, vxlan.rtt_us);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
+    print_table(&results, &args)
+}
+
+fn print_table(results: &[Measurement], args: &BenchArgs) -> Result<()> {
+    let find = |path: &str| results.iter().find(|m| m.path == path);
+    let vxlan = find("kernel vxlan").context("no VXLAN figure")?;
+    let tinc = find("tinc (no cipher)").map(|t| t.gbit_per_s);
     println!(
-        "VM -> VM, one iperf3 TCP stream for {} s, {} pings; 3 hosts, full topology",
+        "VM -> VM, iperf3 TCP for {} s (1 and 4 streams), {} pings; 3 hosts, direct link",
         args.seconds, args.pings
     );
     println!(
-        "{:<16} {:>10} {:>10} {:>10} {:>14}",
-        "path", "Gbit/s", "x vxlan", "RTT us", "RTT - vxlan"
+        "{:<17} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>11}",
+        "path", "Gbit/s", "x vxlan", "x tinc", "4s Gbit/s", "4s x vxlan", "RTT us", "RTT - vxlan"
     );
-    for m in &results {
+    for m in results {
+        let x_tinc = tinc.map_or("-".to_string(), |t| format!("{:.2}", m.gbit_per_s / t));
         println!(
-            "{:<16} {:>10.2} {:>10.3} {:>10.1} {:>+14.1}",
+            "{:<17} {:>8.2} {:>8.3} {:>8} {:>10.2} {:>10.3} {:>8.1} {:>+11.1}",
             m.path,
             m.gbit_per_s,
-            m.gbit_per_s / ref_gbit,
+            m.gbit_per_s / vxlan.gbit_per_s,
+            x_tinc,
+            m.gbit_per_s_4,
+            m.gbit_per_s_4 / vxlan.gbit_per_s_4,
             m.rtt_us,
-            m.rtt_us - ref_rtt
+            m.rtt_us - vxlan.rtt_us
         );
     }
     Ok(())
