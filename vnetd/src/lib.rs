@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod control;
+pub mod crypto;
 pub mod daemon;
 pub mod datapath;
 pub mod forward;
