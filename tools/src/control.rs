@@ -164,6 +164,8 @@ pub enum Proto {
     Tcp,
     /// UDP.
     Udp,
+    /// QUIC (the peer needs quic_listen; --peer is its QUIC address).
+    Quic,
 }
 
 /// `vnet rule ...`
@@ -388,6 +390,7 @@ fn link(target: &Target, cmd: LinkCommand) -> Result<()> {
             let proto = match proto {
                 Proto::Tcp => LinkProto::Tcp,
                 Proto::Udp => LinkProto::Udp,
+                Proto::Quic => LinkProto::Quic,
             };
             expect_done(target.request(Request::LinkAdd(LinkSpec { name, proto, peer }))?)
         }

@@ -5,6 +5,9 @@ mod bench;
 mod control;
 mod demo;
 mod lab;
+mod patterns;
+mod topo;
+mod vttif;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +25,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The topology language: check, fmt, show, diff, apply, route, up, generate.
+    #[command(flatten)]
+    Topo(topo::TopoCommand),
     #[command(flatten)]
     Control(control::ControlCommand),
     /// Emulated hosts and VMs in network namespaces (needs root).
@@ -33,6 +39,12 @@ enum Command {
     /// Throughput and RTT VM to VM over vnet TCP, vnet UDP and kernel VXLAN, in one run
     /// (needs root, iperf3; build with --release for meaningful figures).
     Bench(bench::BenchArgs),
+    /// The application topology and traffic matrix VTTIF infers from the daemons' counters
+    /// (`--lab N` for every daemon of a lab; `--watch` follows changes).
+    Vttif(vttif::VttifArgs),
+    /// A BSP workload (Patterns): compute and communicate over TCP on a topology, in the
+    /// lab's VMs; reports iterations per second.
+    Patterns(patterns::PatternsArgs),
 }
 
 fn main() {
@@ -42,6 +54,9 @@ fn main() {
         Command::Lab(c) => lab::run(c),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Vttif(a) => vttif::run(&cli.target, a),
+        Command::Patterns(a) => patterns::run(a),
+        Command::Topo(c) => topo::run(c),
     };
     if let Err(e) = result {
         eprintln!("vnet: error: {e:#}");

@@ -61,6 +61,10 @@ pub struct DaemonConfig {
     /// Unix control socket path.
     #[serde(default = "default_control")]
     pub control: PathBuf,
+    /// Address the QUIC listener binds (a UDP port other than `listen`'s); without it,
+    /// QUIC links can dial out but not wait for peers.
+    #[serde(default)]
+    pub quic_listen: Option<SocketAddr>,
     /// Optional TCP control listener; requires `control_token_file`.
     #[serde(default)]
     pub control_tcp: Option<SocketAddr>,
@@ -137,6 +141,8 @@ pub enum LinkProto {
     Tcp,
     /// One frame per UDP datagram.
     Udp,
+    /// QUIC datagrams (frames fragmented to fit), TLS-encrypted.
+    Quic,
 }
 
 impl std::fmt::Display for LinkProto {
@@ -144,6 +150,7 @@ impl std::fmt::Display for LinkProto {
         f.write_str(match self {
             LinkProto::Tcp => "tcp",
             LinkProto::Udp => "udp",
+            LinkProto::Quic => "quic",
         })
     }
 }
@@ -230,6 +237,12 @@ pub enum ConfigError {
     /// An MTU outside what Ethernet over the overlay can carry.
     #[error("interface `{0}`: MTU {1} is outside 68..=65000")]
     BadMtu(String, u32),
+    /// A QUIC link waits for its peer but the daemon has no QUIC listener.
+    #[error("link `{0}` waits for a QUIC peer, but quic_listen is not set")]
+    QuicWithoutListen(String),
+    /// The QUIC listener would share the UDP link socket's address.
+    #[error("quic_listen must differ from listen: the UDP link socket holds that port")]
+    QuicListenClash,
     /// TCP control was asked for without a token.
     #[error("control_tcp needs control_token_file: remote control never listens unauthenticated")]
     TcpControlWithoutToken,
@@ -361,6 +374,22 @@ impl DaemonConfig {
         check_name("node", &self.node)?;
         if self.control_tcp.is_some() && self.control_token_file.is_none() {
             return Err(ConfigError::TcpControlWithoutToken);
+        }
+        if self.quic_listen.is_none() {
+            if let Some(l) = self
+                .topology
+                .links
+                .iter()
+                .find(|l| l.proto == LinkProto::Quic && l.peer.is_none())
+            {
+                return Err(ConfigError::QuicWithoutListen(l.name.clone()));
+            }
+        }
+        if self
+            .quic_listen
+            .is_some_and(|q| q.port() == self.listen.port() && q.ip() == self.listen.ip())
+        {
+            return Err(ConfigError::QuicListenClash);
         }
         self.topology.validate()
     }

@@ -19,7 +19,7 @@ use crate::datapath::{Datapath, Port, PortMap, PortTx};
 use crate::forward::PortStats;
 use crate::handshake::NetworkKey;
 use crate::iface;
-use crate::link::{tcp, udp};
+use crate::link::{quic, tcp, udp};
 use crate::rule::{priority, Output, RuleSpec};
 use crate::table::{ForwardingTable, PortId, RuleId, RuleStats};
 
@@ -86,6 +86,8 @@ pub struct Daemon {
     pub datapath: Arc<Datapath>,
     /// The UDP link socket and its task's command queue.
     pub udp: udp::Handle,
+    /// The QUIC endpoint links dial from and, with `quic_listen`, accept on.
+    pub quic: quic::Endpoint,
     started: Instant,
     state: Mutex<State>,
 }
@@ -112,11 +114,12 @@ fn not_found(what: &str, name: impl std::fmt::Display) -> ControlError {
 impl Daemon {
     /// Creates the daemon around an already bound UDP socket. Call [`Daemon::apply_topology`]
     /// next to bring up the configured topology.
-    pub fn new(identity: Identity, udp: udp::Handle) -> Arc<Daemon> {
+    pub fn new(identity: Identity, udp: udp::Handle, quic: quic::Endpoint) -> Arc<Daemon> {
         Arc::new(Daemon {
             identity,
             datapath: Arc::new(Datapath::default()),
             udp,
+            quic,
             started: Instant::now(),
             state: Mutex::new(State {
                 next_rule_id: 1,
@@ -226,6 +229,16 @@ impl Daemon {
                 let mut st = self.lock();
                 st.topology.config_time_bound_ms = ms;
                 self.commit(&mut st);
+                Ok(Response::Done)
+            }
+            Request::VttifMatrix => Ok(Response::VttifMatrix(vttif::Snapshot {
+                node: self.identity.node.clone(),
+                enabled: self.datapath.vttif_enabled(),
+                uptime_us: self.started.elapsed().as_micros() as u64,
+                matrix: self.datapath.vttif_matrix(),
+            })),
+            Request::VttifSet { enabled } => {
+                self.datapath.set_vttif(enabled);
                 Ok(Response::Done)
             }
         }
@@ -470,6 +483,20 @@ impl Daemon {
             }
             (LinkProto::Tcp, None) => {}
             (LinkProto::Udp, peer) => self.udp.add_link(spec.name.clone(), peer, info.clone()),
+            (LinkProto::Quic, Some(peer)) => {
+                dialer = Some(quic::spawn_dialer(
+                    self.clone(),
+                    self.quic.clone(),
+                    spec.name.clone(),
+                    peer,
+                    info.clone(),
+                ))
+            }
+            (LinkProto::Quic, None) if !self.quic.accepts() => {
+                info.lock().unwrap_or_else(|p| p.into_inner()).last_error =
+                    Some("this daemon has no quic_listen address, so QUIC peers cannot dial in".into());
+            }
+            (LinkProto::Quic, None) => {}
         }
         st.links.insert(
             spec.name.clone(),

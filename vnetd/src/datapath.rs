@@ -3,17 +3,25 @@
 //!
 //! Workers (one per interface reader and link reader) read both snapshots without locks
 //! (`arc-swap`); the control plane publishes new ones on every change. Each worker owns a
-//! [`Forwarder`] (its lookup cache) and a scratch buffer, so forwarding allocates nothing
-//! per frame except on TCP links, whose writer task takes owned messages.
+//! [`Forwarder`] (its lookup cache), a scratch buffer and a VTTIF recorder, so forwarding
+//! allocates nothing per frame except on TCP links, whose writer task takes owned messages.
+//!
+//! VTTIF accounting: every forwarded frame that came from a local interface is recorded
+//! as `Sent`, every one that came from a link and leaves by a local interface as
+//! `Delivered`, in the worker's own table (no lock, no allocation once the pair is known).
+//! The control plane reads every worker's cumulative counters when asked
+//! ([`Datapath::vttif_matrix`]); the counters of workers that ended are folded into a
+//! retired total, so the daemon's matrix never goes backwards.
 
 use std::fs::File;
 use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
+use vttif::{Direction, LocalMatrix};
 
 use crate::forward::{DropCounters, DropReason, Forwarder, PortStats};
 use crate::table::{ForwardingTable, PortId};
@@ -35,6 +43,8 @@ pub enum PortTx {
     },
     /// A TCP link session: encoded messages go to its writer task.
     Tcp(mpsc::Sender<Vec<u8>>),
+    /// A QUIC link session: frames as (fragmented) datagrams.
+    Quic(Arc<crate::link::quic::QuicTx>),
 }
 
 /// A live port: how to send, and its counters.
@@ -64,7 +74,7 @@ impl PortMap {
 }
 
 /// What the workers share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Datapath {
     /// The published forwarding table.
     pub table: ArcSwap<ForwardingTable>,
@@ -74,17 +84,88 @@ pub struct Datapath {
     pub drops: DropCounters,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    vttif_on: AtomicBool,
+    vttif: Mutex<Accounts>,
 }
 
-/// A forwarding worker's private state.
+/// Every worker's VTTIF table, and what ended workers counted.
 #[derive(Debug, Default)]
+struct Accounts {
+    readers: Vec<vttif::Reader>,
+    retired: LocalMatrix,
+}
+
+impl Default for Datapath {
+    fn default() -> Self {
+        Datapath {
+            table: ArcSwap::default(),
+            ports: ArcSwap::default(),
+            drops: DropCounters::default(),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            vttif_on: AtomicBool::new(true),
+            vttif: Mutex::default(),
+        }
+    }
+}
+
+/// A forwarding worker's private state. Make one with [`Datapath::worker`].
+#[derive(Debug)]
 pub struct Worker {
     forwarder: Forwarder,
     scratch: Vec<u8>,
     reported: (u64, u64),
+    traffic: vttif::Recorder,
 }
 
 impl Datapath {
+    /// A new worker whose traffic counts in this data path's VTTIF matrix.
+    pub fn worker(&self) -> Worker {
+        let (traffic, reader) = vttif::accumulator(vttif::DEFAULT_CAPACITY);
+        self.accounts().readers.push(reader);
+        Worker {
+            forwarder: Forwarder::default(),
+            scratch: Vec::new(),
+            reported: (0, 0),
+            traffic,
+        }
+    }
+
+    fn accounts(&self) -> std::sync::MutexGuard<'_, Accounts> {
+        // The lock guards plain counters; a panicking holder leaves them usable.
+        self.vttif.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Switches VTTIF accounting on or off (on by default).
+    pub fn set_vttif(&self, on: bool) {
+        self.vttif_on.store(on, Relaxed);
+    }
+
+    /// Whether VTTIF accounting is on.
+    pub fn vttif_enabled(&self) -> bool {
+        self.vttif_on.load(Relaxed)
+    }
+
+    /// The cumulative local traffic matrix: every worker's counters, live and ended.
+    pub fn vttif_matrix(&self) -> LocalMatrix {
+        let mut acc = self.accounts();
+        let Accounts { readers, retired } = &mut *acc;
+        // Fold the tables of ended workers into the retired total (they no longer change).
+        readers.retain(|r| {
+            if r.orphaned() {
+                r.read_into(retired);
+                retired.normalize();
+            }
+            !r.orphaned()
+        });
+        let mut m = retired.clone();
+        for r in readers.iter() {
+            r.read_into(&mut m);
+        }
+        m.normalize();
+        m
+    }
+
     /// Forwards one frame that arrived on `ingress` with `hop_limit` hops left.
     pub fn forward(&self, worker: &mut Worker, ingress: PortId, frame: &[u8], hop_limit: u8) {
         let table = self.table.load();
@@ -96,17 +177,33 @@ impl Datapath {
                 return;
             }
         };
+        let mut to_local = false;
         for &out in &decision.outputs {
             let Some(port) = ports.get(out) else {
                 self.drops.add(DropReason::PortDown);
                 continue;
             };
+            to_local |= !port.is_link;
             match send(port, frame, hop_limit, &mut worker.scratch) {
                 Ok(()) => port.stats.tx(frame.len()),
                 Err(reason) => {
                     port.stats.tx_drop();
                     self.drops.add(reason);
                 }
+            }
+        }
+        if self.vttif_on.load(Relaxed) {
+            let from_local = ports.get(ingress).is_some_and(|p| !p.is_link);
+            let dir = if from_local {
+                Direction::Sent
+            } else if to_local {
+                Direction::Delivered
+            } else {
+                return;
+            };
+            // `decide` checked the frame holds an Ethernet header.
+            if let (Ok(dst), Ok(src)) = (frame[..6].try_into(), frame[6..12].try_into()) {
+                worker.traffic.record(&src, &dst, frame.len(), dir);
             }
         }
     }
@@ -166,5 +263,6 @@ fn send(port: &Port, frame: &[u8], hop_limit: u8, scratch: &mut Vec<u8>) -> Resu
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(DropReason::PortDown),
             }
         }
+        PortTx::Quic(tx) => tx.send(frame, hops),
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! initiator                                         responder
-//!   Hello { link, node_i, nonce_i }           ──▶
+//!   Hello { link, node_i, nonce_i, e_i, caps_i } ──▶
 //!                                             ◀──   Challenge { node_r, nonce_r, session,
+//!                                                               e_r, caps_r,
 //!                                                               proof = responder_proof }
 //!   verify responder_proof
 //!   Proof { proof = initiator_proof }         ──▶
@@ -18,19 +19,24 @@
 //!
 //! ```text
 //! proof = HMAC(key, label || lp(link) || lp(node_i) || lp(node_r)
-//!                         || nonce_i || nonce_r || session_be)
+//!                         || nonce_i || nonce_r || e_i || e_r
+//!                         || caps_i_be || caps_r_be || binding || session_be)
 //! label = "vnet/1 responder" | "vnet/1 initiator"      lp(x) = u8 length || x
 //! ```
+//!
+//! `e_i`, `e_r` are ephemeral X25519 public keys; the same MAC with the label
+//! "vnet/1 keys" salts the session keys derived from their shared secret
+//! ([`crate::crypto`]). Capabilities (e.g. [`CAP_ENCRYPT`]) are covered by both proofs,
+//! so a man in the middle cannot strip encryption.
 //!
 //! Each side contributes a fresh nonce, so a recorded proof is useless in a later
 //! handshake; the session id and both names are covered, so none can be changed in
 //! flight. The state machines take nonces and session ids from the caller, which owns
 //! the RNG, so they are deterministic under test.
 //!
-//! What the handshake does **not** give: the messages after it are not authenticated by
-//! it (nothing binds later frames to this exchange), so a man in the middle that relays
-//! the handshake can inject frames afterwards. Per-frame protection belongs to the
-//! transport's encryption layer.
+//! What the handshake alone does **not** give: frames after it are bound to the session
+//! only when the link seals them with the session keys ([`CAP_ENCRYPT`]); on an
+//! unencrypted link a man in the middle that relays the handshake can inject frames.
 //!
 //! Handshake messages travel in [`crate::wire`] messages of the matching [`Kind`] with
 //! session id 0 in the header, except Welcome, whose header carries the new session id.
@@ -42,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::crypto::SessionKeys;
 use crate::wire::Kind;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -56,6 +63,36 @@ pub const MAX_REASON_LEN: usize = 200;
 const RESPONDER_LABEL: &[u8] = b"vnet/1 responder";
 /// Label mixed into the initiator's proof.
 const INITIATOR_LABEL: &[u8] = b"vnet/1 initiator";
+/// Label of the transcript hash that salts the session keys.
+const KEYS_LABEL: &[u8] = b"vnet/1 keys";
+
+/// Capability bit: frames on this link are sealed with the session keys
+/// ([`crate::crypto`]). Both ends' link configurations must agree.
+pub const CAP_ENCRYPT: u32 = 1;
+
+/// What one side contributes to a handshake: fresh randomness from the caller's RNG and
+/// the capabilities its configuration asks for. Debug does not print the secret.
+#[derive(Clone)]
+pub struct Offer {
+    /// Fresh random nonce.
+    pub nonce: [u8; 32],
+    /// Fresh ephemeral X25519 secret.
+    pub ephemeral_secret: [u8; 32],
+    /// Capability bits.
+    pub caps: u32,
+    /// Channel binding: a value both ends derive from the transport's own security
+    /// session (QUIC's TLS exporter), mixed into the proofs so a man in the middle cannot
+    /// relay the handshake between two transport sessions; zero where there is none.
+    pub binding: [u8; 32],
+}
+
+impl fmt::Debug for Offer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Offer")
+            .field("caps", &self.caps)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The overlay's shared secret (32 bytes). Debug must not print it.
 ///
@@ -152,6 +189,10 @@ pub struct Hello {
     pub node: String,
     /// The initiator's fresh random nonce.
     pub nonce: [u8; 32],
+    /// The initiator's ephemeral X25519 public key (session keys, see [`crate::crypto`]).
+    pub ephemeral: [u8; 32],
+    /// Capabilities the initiator asks for ([`CAP_ENCRYPT`], ...).
+    pub caps: u32,
 }
 
 impl Payload for Hello {
@@ -168,6 +209,10 @@ pub struct Challenge {
     pub nonce: [u8; 32],
     /// Session id the responder assigned; nonzero.
     pub session: u32,
+    /// The responder's ephemeral X25519 public key.
+    pub ephemeral: [u8; 32],
+    /// Capabilities the responder offers.
+    pub caps: u32,
     /// The responder's proof over the transcript.
     pub proof: [u8; 32],
 }
@@ -316,6 +361,11 @@ struct Transcript<'a> {
     node_r: &'a str,
     nonce_i: &'a [u8; 32],
     nonce_r: &'a [u8; 32],
+    ephemeral_i: &'a [u8; 32],
+    ephemeral_r: &'a [u8; 32],
+    caps_i: u32,
+    caps_r: u32,
+    binding: &'a [u8; 32],
     session: u32,
 }
 
@@ -332,8 +382,32 @@ impl Transcript<'_> {
         }
         m.update(self.nonce_i);
         m.update(self.nonce_r);
+        // Ephemeral keys and capabilities are covered, so a man in the middle can neither
+        // substitute its own key nor strip encryption.
+        m.update(self.ephemeral_i);
+        m.update(self.ephemeral_r);
+        m.update(&self.caps_i.to_be_bytes());
+        m.update(&self.caps_r.to_be_bytes());
+        m.update(self.binding);
         m.update(&self.session.to_be_bytes());
         m
+    }
+
+    /// Session keys from our ephemeral secret and the peer's public key, salted with a
+    /// keyed hash of the whole transcript.
+    fn keys(
+        &self,
+        key: &NetworkKey,
+        own_secret: &[u8; 32],
+        initiator: bool,
+    ) -> Result<SessionKeys, HandshakeError> {
+        let salt = self.prove(key, KEYS_LABEL);
+        let peer = if initiator {
+            self.ephemeral_r
+        } else {
+            self.ephemeral_i
+        };
+        SessionKeys::derive(own_secret, peer, &salt).map_err(|_| HandshakeError::BadEphemeral)
     }
 
     /// The proof one side sends.
@@ -353,7 +427,12 @@ enum InitiatorState {
     /// Hello sent; waiting for the Challenge.
     AwaitChallenge,
     /// Proof sent; waiting for Welcome with this session id.
-    AwaitWelcome { peer_node: String, session: u32 },
+    AwaitWelcome {
+        peer_node: String,
+        session: u32,
+        keys: SessionKeys,
+        peer_caps: u32,
+    },
 }
 
 /// The dialing side of a link handshake.
@@ -362,25 +441,30 @@ pub struct Initiator {
     key: NetworkKey,
     node: String,
     link: String,
-    nonce: [u8; 32],
+    offer: Offer,
+    ephemeral: [u8; 32],
     state: InitiatorState,
 }
 
 impl Initiator {
-    /// `nonce` comes from the caller's RNG. Returns the Hello to send.
+    /// `offer` comes from the caller's RNG and configuration. Returns the Hello to send.
     ///
     /// `node` and `link` must pass [`validate_name`]; the responder rejects them otherwise.
-    pub fn new(key: NetworkKey, node: &str, link: &str, nonce: [u8; 32]) -> (Initiator, Hello) {
+    pub fn new(key: NetworkKey, node: &str, link: &str, offer: Offer) -> (Initiator, Hello) {
+        let ephemeral = crate::crypto::ephemeral_public(&offer.ephemeral_secret);
         let hello = Hello {
             link: link.to_string(),
             node: node.to_string(),
-            nonce,
+            nonce: offer.nonce,
+            ephemeral,
+            caps: offer.caps,
         };
         let me = Initiator {
             key,
             node: node.to_string(),
             link: link.to_string(),
-            nonce,
+            offer,
+            ephemeral,
             state: InitiatorState::AwaitChallenge,
         };
         (me, hello)
@@ -409,17 +493,25 @@ impl Initiator {
             link: &self.link,
             node_i: &self.node,
             node_r: &c.node,
-            nonce_i: &self.nonce,
+            nonce_i: &self.offer.nonce,
             nonce_r: &c.nonce,
+            ephemeral_i: &self.ephemeral,
+            ephemeral_r: &c.ephemeral,
+            caps_i: self.offer.caps,
+            caps_r: c.caps,
+            binding: &self.offer.binding,
             session: c.session,
         };
         if !t.verify(&self.key, RESPONDER_LABEL, &c.proof) {
             return Err(HandshakeError::BadProof);
         }
+        let keys = t.keys(&self.key, &self.offer.ephemeral_secret, true)?;
         let proof = t.prove(&self.key, INITIATOR_LABEL);
         self.state = InitiatorState::AwaitWelcome {
             peer_node: c.node.clone(),
             session: c.session,
+            keys,
+            peer_caps: c.caps,
         };
         Ok(Proof { proof })
     }
@@ -432,6 +524,8 @@ impl Initiator {
             InitiatorState::AwaitWelcome {
                 peer_node,
                 session: expected,
+                keys,
+                peer_caps,
             } => {
                 if session != *expected {
                     return Err(HandshakeError::UnexpectedSession {
@@ -443,6 +537,10 @@ impl Initiator {
                     id: session,
                     link: self.link.clone(),
                     peer_node: peer_node.clone(),
+                    initiator: true,
+                    keys: keys.clone(),
+                    own_caps: self.offer.caps,
+                    peer_caps: *peer_caps,
                 })
             }
         }
@@ -455,7 +553,8 @@ pub struct Responder {
     key: NetworkKey,
     node: String,
     hello: Hello,
-    nonce: [u8; 32],
+    offer: Offer,
+    ephemeral: [u8; 32],
     session: u32,
 }
 
@@ -470,21 +569,25 @@ impl Responder {
         key: NetworkKey,
         node: &str,
         hello: &Hello,
-        nonce: [u8; 32],
+        offer: Offer,
         session: u32,
     ) -> (Responder, Challenge) {
+        let ephemeral = crate::crypto::ephemeral_public(&offer.ephemeral_secret);
         let me = Responder {
             key,
             node: node.to_string(),
             hello: hello.clone(),
-            nonce,
+            offer,
+            ephemeral,
             session,
         };
         let proof = me.transcript().prove(&me.key, RESPONDER_LABEL);
         let challenge = Challenge {
             node: node.to_string(),
-            nonce,
+            nonce: me.offer.nonce,
             session,
+            ephemeral,
+            caps: me.offer.caps,
             proof,
         };
         (me, challenge)
@@ -499,13 +602,18 @@ impl Responder {
         if self.hello.node == self.node {
             return Err(HandshakeError::SelfConnection(self.node.clone()));
         }
-        if !self.transcript().verify(&self.key, INITIATOR_LABEL, &p.proof) {
+        let t = self.transcript();
+        if !t.verify(&self.key, INITIATOR_LABEL, &p.proof) {
             return Err(HandshakeError::BadProof);
         }
         Ok(Session {
             id: self.session,
             link: self.hello.link.clone(),
             peer_node: self.hello.node.clone(),
+            initiator: false,
+            keys: t.keys(&self.key, &self.offer.ephemeral_secret, false)?,
+            own_caps: self.offer.caps,
+            peer_caps: self.hello.caps,
         })
     }
 
@@ -520,7 +628,12 @@ impl Responder {
             node_i: &self.hello.node,
             node_r: &self.node,
             nonce_i: &self.hello.nonce,
-            nonce_r: &self.nonce,
+            nonce_r: &self.offer.nonce,
+            ephemeral_i: &self.hello.ephemeral,
+            ephemeral_r: &self.ephemeral,
+            caps_i: self.hello.caps,
+            caps_r: self.offer.caps,
+            binding: &self.offer.binding,
             session: self.session,
         }
     }
@@ -535,6 +648,14 @@ pub struct Session {
     pub link: String,
     /// The other end's node name.
     pub peer_node: String,
+    /// True on the end that dialed.
+    pub initiator: bool,
+    /// Keys for sealing frames on this session.
+    pub keys: SessionKeys,
+    /// Capabilities this end asked for or offered.
+    pub own_caps: u32,
+    /// Capabilities the peer asked for or offered.
+    pub peer_caps: u32,
 }
 
 /// Why a handshake step failed.
@@ -564,6 +685,9 @@ pub enum HandshakeError {
     /// A message arrived in a state that does not expect it.
     #[error("handshake message out of order: {0}")]
     OutOfOrder(&'static str),
+    /// The peer's ephemeral key is unusable (a low-order point).
+    #[error("the peer's ephemeral key is invalid")]
+    BadEphemeral,
     /// The peer claims our own node name: a link to ourselves, by misconfiguration or by
     /// an attacker reflecting our own messages back at us.
     #[error("the peer claims to be this node ({0}): refusing a link to ourselves")]
@@ -580,6 +704,15 @@ mod tests {
     const NONCE_R: [u8; 32] = [2u8; 32];
     const SESSION: u32 = 0xdead_beef;
 
+    fn offer(nonce: [u8; 32]) -> Offer {
+        Offer {
+            nonce,
+            ephemeral_secret: nonce.map(|b| b ^ 0x5a),
+            caps: 0,
+            binding: [0; 32],
+        }
+    }
+
     fn key() -> NetworkKey {
         NetworkKey::from_bytes(KEY)
     }
@@ -595,9 +728,9 @@ mod tests {
         ki: NetworkKey,
         kr: NetworkKey,
     ) -> (Result<Session, HandshakeError>, Result<Session, HandshakeError>) {
-        let (mut init, hello) = Initiator::new(ki, "host-a", "a-b.tcp", NONCE_I);
+        let (mut init, hello) = Initiator::new(ki, "host-a", "a-b.tcp", offer(NONCE_I));
         let hello = decode_hello(&encode_payload(&hello)).expect("hello decodes");
-        let (resp, challenge) = Responder::on_hello(kr, "host-b", &hello, NONCE_R, SESSION);
+        let (resp, challenge) = Responder::on_hello(kr, "host-b", &hello, offer(NONCE_R), SESSION);
         let challenge = decode_challenge(&encode_payload(&challenge)).expect("challenge decodes");
         let proof = match init.on_challenge(&challenge) {
             Ok(p) => p,
@@ -638,14 +771,19 @@ mod tests {
         let (i, _) = exchange(other_key(), key());
         assert_eq!(i, Err(HandshakeError::BadProof));
         // ...and if it skipped that check and answered anyway, the responder refuses it.
-        let (_, hello) = Initiator::new(other_key(), "host-a", "l", NONCE_I);
-        let (resp, c) = Responder::on_hello(key(), "host-b", &hello, NONCE_R, SESSION);
+        let (_, hello) = Initiator::new(other_key(), "host-a", "l", offer(NONCE_I));
+        let (resp, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
         let forged = Transcript {
             link: "l",
             node_i: "host-a",
             node_r: &c.node,
             nonce_i: &NONCE_I,
             nonce_r: &c.nonce,
+            ephemeral_i: &hello.ephemeral,
+            ephemeral_r: &c.ephemeral,
+            caps_i: hello.caps,
+            caps_r: c.caps,
+            binding: &[0; 32],
             session: c.session,
         }
         .prove(&other_key(), INITIATOR_LABEL);
@@ -668,11 +806,13 @@ mod tests {
             ("nonce", Box::new(|c| flip(&mut c.nonce, 100))),
             ("session", Box::new(|c| c.session ^= 1)),
             ("node", Box::new(|c| c.node.push('x'))),
+            ("ephemeral key", Box::new(|c| flip(&mut c.ephemeral, 3))),
+            ("capabilities", Box::new(|c| c.caps ^= CAP_ENCRYPT)),
             ("proof", Box::new(|c| flip(&mut c.proof, 0))),
         ];
         for (what, mutate) in mutations {
-            let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", NONCE_I);
-            let (_, mut c) = Responder::on_hello(key(), "host-b", &hello, NONCE_R, SESSION);
+            let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
+            let (_, mut c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
             mutate(&mut c);
             assert_eq!(init.on_challenge(&c), Err(HandshakeError::BadProof), "{what}");
         }
@@ -688,22 +828,22 @@ mod tests {
             ("node", Box::new(|h| h.node = "host-c".into())),
         ];
         for (what, mutate) in mutations {
-            let (mut init, mut hello) = Initiator::new(key(), "host-a", "a-b", NONCE_I);
+            let (mut init, mut hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
             mutate(&mut hello);
-            let (_, c) = Responder::on_hello(key(), "host-b", &hello, NONCE_R, SESSION);
+            let (_, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
             assert_eq!(init.on_challenge(&c), Err(HandshakeError::BadProof), "{what}");
         }
     }
 
     #[test]
     fn replayed_challenge_fails_in_a_new_handshake() {
-        let (mut init1, hello1) = Initiator::new(key(), "host-a", "a-b", NONCE_I);
-        let (_, c1) = Responder::on_hello(key(), "host-b", &hello1, NONCE_R, SESSION);
+        let (mut init1, hello1) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
+        let (_, c1) = Responder::on_hello(key(), "host-b", &hello1, offer(NONCE_R), SESSION);
         init1.on_challenge(&c1).expect("genuine challenge");
         // A later handshake with a fresh initiator nonce must not accept the old one.
         let mut fresh = NONCE_I;
         fresh[0] ^= 0xff;
-        let (mut init2, _) = Initiator::new(key(), "host-a", "a-b", fresh);
+        let (mut init2, _) = Initiator::new(key(), "host-a", "a-b", offer(fresh));
         assert_eq!(init2.on_challenge(&c1), Err(HandshakeError::BadProof));
         // Nor does the first initiator take a second Challenge.
         assert!(matches!(
@@ -714,8 +854,8 @@ mod tests {
 
     #[test]
     fn modified_or_replayed_proof_fails() {
-        let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", NONCE_I);
-        let (resp, c) = Responder::on_hello(key(), "host-b", &hello, NONCE_R, SESSION);
+        let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
+        let (resp, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
         let p = init.on_challenge(&c).expect("genuine");
         let mut bad = p.clone();
         flip(&mut bad.proof, 255);
@@ -723,9 +863,9 @@ mod tests {
         // The proof replayed to a responder that chose another nonce or session fails.
         let mut other_nonce = NONCE_R;
         flip(&mut other_nonce, 3);
-        let (resp2, _) = Responder::on_hello(key(), "host-b", &hello, other_nonce, SESSION);
+        let (resp2, _) = Responder::on_hello(key(), "host-b", &hello, offer(other_nonce), SESSION);
         assert_eq!(resp2.on_proof(&p), Err(HandshakeError::BadProof));
-        let (resp3, _) = Responder::on_hello(key(), "host-b", &hello, NONCE_R, SESSION + 1);
+        let (resp3, _) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION + 1);
         assert_eq!(resp3.on_proof(&p), Err(HandshakeError::BadProof));
         // A responder's own proof reflected back as the initiator's fails: labels differ.
         assert_eq!(
@@ -739,8 +879,8 @@ mod tests {
     fn reflection_to_ourselves_is_refused() {
         // An attacker sends our own Hello to our own responder and relays its Challenge
         // back: the proof would verify, so the name check must stop it.
-        let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", NONCE_I);
-        let (resp, c) = Responder::on_hello(key(), "host-a", &hello, NONCE_R, SESSION);
+        let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
+        let (resp, c) = Responder::on_hello(key(), "host-a", &hello, offer(NONCE_R), SESSION);
         assert_eq!(
             init.on_challenge(&c),
             Err(HandshakeError::SelfConnection("host-a".into()))
@@ -753,12 +893,12 @@ mod tests {
 
     #[test]
     fn welcome_checks_state_and_session() {
-        let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", NONCE_I);
+        let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
         assert!(matches!(
             init.on_welcome(SESSION),
             Err(HandshakeError::OutOfOrder(_))
         ));
-        let (_, c) = Responder::on_hello(key(), "host-b", &hello, NONCE_R, SESSION);
+        let (_, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
         init.on_challenge(&c).expect("genuine");
         assert_eq!(
             init.on_welcome(SESSION + 1),
@@ -772,8 +912,8 @@ mod tests {
 
     #[test]
     fn session_zero_is_refused() {
-        let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", NONCE_I);
-        let (_, c) = Responder::on_hello(key(), "host-b", &hello, NONCE_R, 0);
+        let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
+        let (_, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), 0);
         assert!(matches!(init.on_challenge(&c), Err(HandshakeError::Malformed(_))));
         assert!(matches!(
             decode_challenge(&encode_payload(&c)),
@@ -792,13 +932,18 @@ mod tests {
         }
         msg.extend_from_slice(&NONCE_I);
         msg.extend_from_slice(&NONCE_R);
+        let (_, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
+        let (_, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
+        msg.extend_from_slice(&crate::crypto::ephemeral_public(&offer(NONCE_I).ephemeral_secret));
+        msg.extend_from_slice(&crate::crypto::ephemeral_public(&offer(NONCE_R).ephemeral_secret));
+        msg.extend_from_slice(&0u32.to_be_bytes());
+        msg.extend_from_slice(&0u32.to_be_bytes());
+        msg.extend_from_slice(&[0; 32]);
         msg.extend_from_slice(&SESSION.to_be_bytes());
         let mut m = HmacSha256::new_from_slice(&KEY).expect("any key length");
         m.update(&msg);
         let want: [u8; 32] = m.finalize().into_bytes().into();
 
-        let (_, hello) = Initiator::new(key(), "host-a", "a-b", NONCE_I);
-        let (_, c) = Responder::on_hello(key(), "host-b", &hello, NONCE_R, SESSION);
         assert_eq!(c.proof, want);
     }
 
@@ -834,15 +979,17 @@ mod tests {
         let k = NetworkKey::from_bytes([0xab; 32]);
         let d = format!("{k:?}");
         assert!(!d.contains("ab") && !d.contains("171"), "{d}");
-        let (init, _) = Initiator::new(k.clone(), "a", "l", NONCE_I);
+        let (init, _) = Initiator::new(k.clone(), "a", "l", offer(NONCE_I));
         let d = format!("{init:?}");
         assert!(!d.contains("171") && !d.contains("abab"), "{d}");
         let h = Hello {
             link: "l".into(),
             node: "a".into(),
             nonce: NONCE_I,
+            ephemeral: [9; 32],
+            caps: 0,
         };
-        let (resp, _) = Responder::on_hello(k, "b", &h, NONCE_R, 1);
+        let (resp, _) = Responder::on_hello(k, "b", &h, offer(NONCE_R), 1);
         assert!(!format!("{resp:?}").contains("171"));
     }
 
@@ -862,6 +1009,8 @@ mod tests {
             link: "bad link".into(),
             node: "a".into(),
             nonce: NONCE_I,
+            ephemeral: [9; 32],
+            caps: 0,
         };
         assert!(matches!(
             decode_hello(&encode_payload(&h)),
@@ -871,6 +1020,8 @@ mod tests {
             link: "l".into(),
             node: "x".repeat(65),
             nonce: NONCE_I,
+            ephemeral: [9; 32],
+            caps: 0,
         };
         assert!(matches!(
             decode_hello(&encode_payload(&h)),
@@ -880,6 +1031,8 @@ mod tests {
             node: String::new(),
             nonce: NONCE_R,
             session: 1,
+            ephemeral: [9; 32],
+            caps: 0,
             proof: [0; 32],
         };
         assert!(matches!(
@@ -966,9 +1119,9 @@ mod tests {
             nonce in any::<[u8; 32]>(), proof in any::<[u8; 32]>(),
             session in 1u32..,
         ) {
-            let h = Hello { link, node: node.clone(), nonce };
+            let h = Hello { link, node: node.clone(), nonce, ephemeral: proof, caps: session };
             prop_assert_eq!(decode_hello(&encode_payload(&h)), Ok(h));
-            let c = Challenge { node, nonce, session, proof };
+            let c = Challenge { node, nonce, session, ephemeral: nonce, caps: session, proof };
             prop_assert_eq!(decode_challenge(&encode_payload(&c)), Ok(c));
             let p = Proof { proof };
             prop_assert_eq!(decode_proof(&encode_payload(&p)), Ok(p));
@@ -981,18 +1134,21 @@ mod tests {
             session in 1u32..,
         ) {
             prop_assume!(ni != nr);
-            let (mut init, hello) = Initiator::new(key(), &ni, &link, nonce_i);
-            let (resp, c) = Responder::on_hello(key(), &nr, &hello, nonce_r, session);
+            let (mut init, hello) = Initiator::new(key(), &ni, &link, offer(nonce_i));
+            let (resp, c) = Responder::on_hello(key(), &nr, &hello, offer(nonce_r), session);
             let p = init.on_challenge(&c).expect("same key");
             let r = resp.on_proof(&p).expect("same key");
-            prop_assert_eq!(r, Session { id: session, link: link.clone(), peer_node: ni });
-            prop_assert_eq!(init.on_welcome(session), Ok(Session { id: session, link, peer_node: nr }));
+            let i = init.on_welcome(session).expect("same key");
+            prop_assert_eq!((r.id, &r.link, &r.peer_node, r.initiator), (session, &link, &ni, false));
+            prop_assert_eq!((i.id, &i.link, &i.peer_node, i.initiator), (session, &link, &nr, true));
+            // Both ends hold the same keys: what one seals, the other opens.
+            prop_assert_eq!(&r.keys, &i.keys);
         }
 
         #[test]
         fn any_bit_flip_in_the_challenge_fails(bit in 0usize..(8 * (32 + 4 + 32))) {
-            let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", NONCE_I);
-            let (_, mut c) = Responder::on_hello(key(), "host-b", &hello, NONCE_R, SESSION);
+            let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
+            let (_, mut c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
             match bit {
                 b if b < 256 => flip(&mut c.nonce, b),
                 b if b < 256 + 32 => c.session ^= 1 << (b - 256),

@@ -9,7 +9,6 @@ use tokio::task::JoinHandle;
 
 use crate::config::{IfaceKind, IfaceSpec, DEFAULT_MTU};
 use crate::daemon::Daemon;
-use crate::datapath::Worker;
 use crate::forward::PortStats;
 use crate::sys;
 use crate::table::PortId;
@@ -69,7 +68,7 @@ async fn read_loop(
     stats: &PortStats,
 ) -> std::io::Result<()> {
     let fd = sys::async_device(device)?;
-    let mut worker = Worker::default();
+    let mut worker = daemon.datapath.worker();
     let mut buf = vec![0u8; MAX_DEVICE_FRAME];
     loop {
         let mut guard = fd.readable().await?;

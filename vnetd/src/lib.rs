@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod datapath;
 pub mod forward;
+pub mod fragment;
 pub mod handshake;
 pub mod iface;
 pub mod link;

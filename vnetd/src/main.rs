@@ -14,7 +14,7 @@ use vnetd::config::{DaemonConfig, Topology};
 use vnetd::control::server;
 use vnetd::daemon::{Daemon, Identity};
 use vnetd::handshake::NetworkKey;
-use vnetd::link::{tcp, udp};
+use vnetd::link::{quic, tcp, udp};
 
 /// The vnet daemon: bridges local TAP devices and captured interfaces to authenticated
 /// TCP and UDP overlay links, forwarding Ethernet frames by a priority-matched MAC rule
@@ -44,6 +44,9 @@ struct Args {
     /// Override: state file.
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// Start with VTTIF traffic accounting off (`vnet vttif --enable` switches it on).
+    #[arg(long)]
+    no_vttif: bool,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "VNETD_LOG", default_value = "info")]
     log: String,
@@ -57,12 +60,13 @@ fn main() -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = load_config(&args)?;
+    let vttif = !args.no_vttif;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, vttif))
 }
 
 fn load_config(args: &Args) -> Result<DaemonConfig> {
@@ -105,7 +109,7 @@ fn load_config(args: &Args) -> Result<DaemonConfig> {
     Ok(config)
 }
 
-async fn run(config: DaemonConfig) -> Result<()> {
+async fn run(config: DaemonConfig, vttif: bool) -> Result<()> {
     let key_text = std::fs::read_to_string(&config.key_file)
         .with_context(|| format!("cannot read key file {}", config.key_file.display()))?;
     let key =
@@ -144,12 +148,20 @@ async fn run(config: DaemonConfig) -> Result<()> {
         listen: config.listen,
         state_file: config.state_file.clone(),
     };
-    let daemon: Arc<Daemon> = Daemon::new(identity, udp_handle);
+    let quic = quic::Endpoint::bind(config.quic_listen).with_context(|| match config.quic_listen {
+        Some(addr) => format!("cannot bind QUIC port {addr}"),
+        None => "cannot open a QUIC client endpoint".to_string(),
+    })?;
+    let daemon: Arc<Daemon> = Daemon::new(identity, udp_handle, quic.clone());
+    daemon.datapath.set_vttif(vttif);
     udp::spawn(daemon.clone(), udp_commands);
     daemon
         .apply_topology(config.topology.clone())
         .context("invalid topology")?;
     tokio::spawn(tcp::serve(daemon.clone(), tcp_listener));
+    if quic.accepts() {
+        tokio::spawn(quic::serve(daemon.clone(), quic));
+    }
     tokio::spawn(server::serve_unix(daemon.clone(), control));
     if let Some((l, token)) = tcp_control {
         tokio::spawn(server::serve_tcp(daemon.clone(), l, token));

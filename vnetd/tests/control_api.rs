@@ -48,7 +48,8 @@ fn start(name: &str) -> Running {
             listen: udp.socket.local_addr().unwrap(),
             state_file: Some(state),
         };
-        let daemon: Arc<Daemon> = Daemon::new(identity, udp);
+        let quic = vnetd::link::quic::Endpoint::bind(None).unwrap();
+        let daemon: Arc<Daemon> = Daemon::new(identity, udp, quic);
         udp::spawn(daemon.clone(), commands);
         let unix_listener = server::bind_unix(&unix).unwrap();
         let tcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,2 +1,25 @@
 //! VTTIF: inference of the application's traffic matrix and topology from the frames vnetd
-//! forwards (seeds/004 §4). Filled in by issue 4; vnetd's counters feed it.
+//! forwards (seeds/004 §4; DESIGN.md "VTTIF").
+//!
+//! Pure: nothing here touches sockets, threads or the clock; time is always an argument.
+//!
+//! - [`accumulator`]: the per-worker local matrix, bytes and frames per (src MAC, dst MAC),
+//!   updated in O(1) without allocation; a [`Recorder`] writes, any number of [`Reader`]s
+//!   take cumulative snapshots ([`LocalMatrix`]) from other threads.
+//! - [`matrix`]: the cumulative local matrix a daemon reports ([`Snapshot`]) and the update
+//!   since the previous one ([`LocalMatrix::since`]).
+//! - [`aggregator`]: the global matrix smoothed over the smoothing interval, normalized by its
+//!   largest entry and pruned below the detection threshold, with change detection, union
+//!   damping of oscillation and a settled flag ([`Aggregator`], [`View`]).
+//! - [`shape`]: the known application topologies, their edge sets, and the classifier that
+//!   names a recovered topology ([`classify`]).
+
+pub mod accumulator;
+pub mod aggregator;
+pub mod matrix;
+pub mod shape;
+
+pub use accumulator::{accumulator, Direction, Reader, Recorder, DEFAULT_CAPACITY};
+pub use aggregator::{Aggregator, Edge, MatrixEntry, ParamError, Params, Topology, View};
+pub use matrix::{mac_string, Counts, LocalMatrix, Mac, PairCounts, Snapshot};
+pub use shape::{classify, Shape, ShapeError};

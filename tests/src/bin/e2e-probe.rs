@@ -127,32 +127,6 @@ fn udp(addr: SocketAddr) -> Result<String, String> {
     Ok(format!("sent={sent} replies={replies}"))
 }
 
-/// Postcard's encoding of an unsigned integer (LEB128).
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn read_varint(b: &mut &[u8]) -> Result<u64, String> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = b.split_first().ok_or("payload ends inside a varint")?;
-        *b = rest;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err("varint too long".to_string())
-}
-
 fn read_message(s: &mut TcpStream) -> Result<(u8, u32, Vec<u8>), String> {
     let mut head = [0u8; 16];
     s.read_exact(&mut head)
@@ -169,14 +143,18 @@ fn read_message(s: &mut TcpStream) -> Result<(u8, u32, Vec<u8>), String> {
 }
 
 fn forge(addr: SocketAddr, link: &str, node: &str) -> Result<String, String> {
+    use vnetd::handshake::{self, Initiator, NetworkKey, Offer, Proof};
     let mut s = connect(addr)?;
-    // Hello { link, node, nonce }.
-    let mut hello = Vec::new();
-    for name in [link, node] {
-        varint(name.len() as u64, &mut hello);
-        hello.extend_from_slice(name.as_bytes());
-    }
-    hello.extend_from_slice(&random_bytes(32));
+    // A well-formed Hello from a daemon holding some other key.
+    let random32 = || -> [u8; 32] { random_bytes(32).try_into().unwrap_or([7; 32]) };
+    let offer = Offer {
+        nonce: random32(),
+        ephemeral_secret: random32(),
+        caps: 0,
+        binding: [0; 32],
+    };
+    let (_, hello) = Initiator::new(NetworkKey::from_bytes(random32()), node, link, offer);
+    let hello = handshake::encode_payload(&hello);
     let mut msg = wire_header(wire_kind::HELLO, 0, hello.len() as u32).to_vec();
     msg.extend_from_slice(&hello);
     s.write_all(&msg).map_err(|e| format!("sending Hello: {e}"))?;
@@ -185,15 +163,13 @@ fn forge(addr: SocketAddr, link: &str, node: &str) -> Result<String, String> {
     if kind != wire_kind::CHALLENGE {
         return Ok(format!("reply_to_hello={kind}"));
     }
-    // Challenge { node, nonce, session, proof }: only the session id is needed.
-    let mut p = payload.as_slice();
-    let name_len = read_varint(&mut p)? as usize;
-    let mut p = p.get(name_len + 32..).ok_or("challenge too short")?;
-    let session = read_varint(&mut p)? as u32;
+    let challenge = handshake::decode_challenge(&payload).map_err(|e| format!("challenge: {e}"))?;
+    let session = challenge.session;
 
     // Proof { proof }: 32 bytes nobody without the key can compute.
-    let mut msg = wire_header(wire_kind::PROOF, session, 32).to_vec();
-    msg.extend_from_slice(&random_bytes(32));
+    let proof = handshake::encode_payload(&Proof { proof: random32() });
+    let mut msg = wire_header(wire_kind::PROOF, session, proof.len() as u32).to_vec();
+    msg.extend_from_slice(&proof);
     s.write_all(&msg).map_err(|e| format!("sending Proof: {e}"))?;
     let reply = match read_message(&mut s) {
         Ok((kind, _, _)) => kind.to_string(),

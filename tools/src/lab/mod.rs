@@ -75,6 +75,8 @@ pub enum LabLink {
     Tcp,
     /// One frame per UDP datagram.
     Udp,
+    /// QUIC datagrams (each vnetd also listens on port 7401 for QUIC).
+    Quic,
 }
 
 /// Overlay topology of the lab.

@@ -221,6 +221,7 @@ impl Plan {
             proto: match opts.link {
                 LabLink::Tcp => LinkProto::Tcp,
                 LabLink::Udp => LinkProto::Udp,
+                LabLink::Quic => LinkProto::Quic,
             },
             topology: opts.topology,
             veth_vms,
@@ -261,6 +262,11 @@ impl Plan {
     /// Host i's link listener.
     pub fn host_listen(i: usize) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(Self::host_ip(i), LINK_PORT))
+    }
+
+    /// Host i's QUIC listen address (the link port + 1), used in `--link quic` labs.
+    pub fn host_quic_listen(i: usize) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Self::host_ip(i), LINK_PORT + 1))
     }
 
     /// VM j's overlay address.
@@ -333,7 +339,15 @@ impl Plan {
         LinkSpec {
             name: Self::link_name(me, other),
             proto: self.proto,
-            peer: (me > other).then(|| Self::host_listen(other)),
+            peer: (me > other).then(|| self.link_target(other)),
+        }
+    }
+
+    /// Where host i's links are dialed: its link port, or its QUIC port for QUIC.
+    fn link_target(&self, i: usize) -> SocketAddr {
+        match self.proto {
+            LinkProto::Quic => Self::host_quic_listen(i),
+            _ => Self::host_listen(i),
         }
     }
 
@@ -445,6 +459,7 @@ impl Plan {
             node: format!("h{i}"),
             key_file: self.key_file(),
             listen: Self::host_listen(i),
+            quic_listen: (self.proto == LinkProto::Quic).then(|| Self::host_quic_listen(i)),
             control: self.control_path(i),
             control_tcp: None,
             control_token_file: None,

@@ -71,6 +71,14 @@ pub enum Request {
         /// The bound; `None` clears it.
         ms: Option<u64>,
     },
+    /// The local VTTIF traffic matrix: cumulative bytes and frames per (src, dst) MAC pair
+    /// of frames to and from local interfaces, with the daemon's uptime.
+    VttifMatrix,
+    /// Switch VTTIF accounting on or off (to measure its cost).
+    VttifSet {
+        /// Count frames when true.
+        enabled: bool,
+    },
 }
 
 /// A response with the daemon's protocol version.
@@ -101,6 +109,8 @@ pub enum Response {
     Stats(StatsReport),
     /// Answer to [`Request::ConfigGet`].
     Config(Topology),
+    /// Answer to [`Request::VttifMatrix`].
+    VttifMatrix(vttif::Snapshot),
 }
 
 /// Why a request failed.
@@ -319,6 +329,8 @@ mod tests {
             Request::RuleDel { id: RuleId(7) },
             Request::ConfigReplace(Topology::default()),
             Request::SetConfigTimeBound { ms: Some(900) },
+            Request::VttifMatrix,
+            Request::VttifSet { enabled: false },
         ];
         for request in reqs {
             let env = RequestEnvelope {
@@ -331,6 +343,25 @@ mod tests {
             assert_eq!(len, bytes.len() - 4);
             assert_eq!(decode_body::<RequestEnvelope>(&bytes[4..]).unwrap(), env);
         }
+    }
+
+    #[test]
+    fn appended_variants_keep_old_encodings() {
+        // Adding VTTIF variants at the end left the earlier variants' tags alone.
+        let old = postcard::to_allocvec(&Request::SetConfigTimeBound { ms: None }).unwrap();
+        assert_eq!(old, vec![13, 0]);
+        let snap = vttif::Snapshot {
+            node: "h1".into(),
+            enabled: true,
+            uptime_us: 5,
+            matrix: vttif::LocalMatrix::default(),
+        };
+        let bytes = encode(&ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            result: Ok(Response::VttifMatrix(snap.clone())),
+        });
+        let back: ResponseEnvelope = decode_body(&bytes[4..]).unwrap();
+        assert_eq!(back.result, Ok(Response::VttifMatrix(snap)));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! datagram). Both open with the [`crate::handshake`] exchange and carry
 //! [`crate::wire`] messages.
 
+pub mod quic;
+pub mod stream;
 pub mod tcp;
 pub mod udp;
 
@@ -9,6 +11,16 @@ use std::sync::{Arc, Mutex};
 
 use crate::control::proto::LinkState;
 use crate::daemon::LinkInfo;
+
+/// Fresh randomness and capabilities for one side of a handshake.
+pub(crate) fn offer(caps: u32, binding: [u8; 32]) -> crate::handshake::Offer {
+    crate::handshake::Offer {
+        nonce: rand::random(),
+        ephemeral_secret: rand::random(),
+        caps,
+        binding,
+    }
+}
 
 /// Updates a link's reported status.
 pub(crate) fn update(info: &Arc<Mutex<LinkInfo>>, f: impl FnOnce(&mut LinkInfo)) {

@@ -23,7 +23,7 @@ use crate::daemon::{Daemon, LinkInfo};
 use crate::datapath::{PortTx, Worker};
 use crate::forward::{DropReason, PortStats};
 use crate::handshake::{self, Initiator, Refused, Responder};
-use crate::link::{idle_state, update};
+use crate::link::{idle_state, offer, update};
 use crate::rule::Output;
 use crate::table::PortId;
 use crate::wire::{self, Header, Kind};
@@ -162,10 +162,10 @@ pub fn spawn(daemon: Arc<Daemon>, commands: Commands) -> JoinHandle<()> {
     let socket = daemon.udp.socket.clone();
     tokio::spawn(async move {
         let mut task = Task {
+            worker: daemon.datapath.worker(),
             daemon,
             socket: socket.clone(),
             links: HashMap::new(),
-            worker: Worker::default(),
             resets: 0,
             pending: HashMap::new(),
         };
@@ -260,7 +260,7 @@ impl Task {
                 if let Some(peer) = link.peer {
                     let id = &self.daemon.identity;
                     let (initiator, hello) =
-                        Initiator::new(id.key.clone(), &id.node, &link.name, rand::random());
+                        Initiator::new(id.key.clone(), &id.node, &link.name, offer(0, [0; 32]));
                     let hello = handshake::encode_payload(&hello);
                     self.send(peer, Kind::Hello, 0, &hello);
                     link.phase = Phase::Hello {
@@ -402,7 +402,7 @@ impl Task {
         }
         let session = rand::random::<u32>().max(1);
         let (responder, challenge) =
-            Responder::on_hello(id.key.clone(), &id.node, &hello, rand::random(), session);
+            Responder::on_hello(id.key.clone(), &id.node, &hello, offer(0, [0; 32]), session);
         let challenge = handshake::encode_payload(&challenge);
         // An up session stays up until the new handshake proves the peer (a forged Hello
         // cannot tear it down).
