@@ -170,7 +170,7 @@ pub enum LinkProto {
     Quic,
 }
 
-/// `LINK TCP|UDP|QUIC owner owner peer [PORT n] [KEY name] [RESERVE rate]`
+/// `LINK TCP|UDP|QUIC owner owner peer [PORT n] [KEY name] [RESERVE rate] [ENCRYPT]`
 /// (fig. 5: `LINK type machine machine machine`, the link living on the first machine,
 /// between the other two). The owner is one end and dials the other; both ends'
 /// daemons declare the link under [`link_name`] of its ends.
@@ -189,6 +189,8 @@ pub struct Link {
     pub key: Option<String>,
     /// Bandwidth reservation in bits per second (no backend yet, so compiling refuses it).
     pub reserve: Option<u64>,
+    /// Seal frames with per-session keys (TCP and UDP; QUIC always encrypts).
+    pub encrypt: bool,
 }
 
 impl Link {

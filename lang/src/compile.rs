@@ -109,6 +109,7 @@ pub fn compile(o: &Overlay) -> Result<BTreeMap<String, Topology>, CompileError> 
                     name: name.clone(),
                     proto,
                     peer,
+                    encrypt: l.encrypt,
                 });
             }
         }
@@ -176,7 +177,7 @@ pub fn decompile(hosts: &[Host], topologies: &BTreeMap<String, Topology>) -> Res
         for l in &t.links {
             let entry = ends.entry(l.name.clone()).or_default();
             match l.peer {
-                Some(addr) => entry.0.push((machine.clone(), addr, l.proto)),
+                Some(addr) => entry.0.push((machine.clone(), addr, l.proto, l.encrypt)),
                 None => entry.1.push(machine.clone()),
             }
         }
@@ -196,7 +197,7 @@ pub fn decompile(hosts: &[Host], topologies: &BTreeMap<String, Topology>) -> Res
         }
     }
     for (name, (dialers, waiters)) in ends {
-        let ([(owner, addr, proto)], [waiter]) = (dialers.as_slice(), waiters.as_slice()) else {
+        let ([(owner, addr, proto, encrypt)], [waiter]) = (dialers.as_slice(), waiters.as_slice()) else {
             return Err(CompileError::InconsistentLink(name));
         };
         let peer = peer_of(&o, owner, &name)?;
@@ -222,15 +223,17 @@ pub fn decompile(hosts: &[Host], topologies: &BTreeMap<String, Topology>) -> Res
             port: (addr.port() != default_port).then_some(addr.port()),
             key: None,
             reserve: None,
+            encrypt: *encrypt,
         };
         o.links.insert(name, link);
     }
     Ok(o)
 }
 
-/// The daemons that declare one link: those that dial (with the address and transport),
+/// The daemons that declare one link: those that dial (with the address, transport and
+/// encryption),
 /// and those that wait.
-type LinkEnds = (Vec<(String, SocketAddr, VLinkProto)>, Vec<String>);
+type LinkEnds = (Vec<(String, SocketAddr, VLinkProto, bool)>, Vec<String>);
 
 /// The machine at the other end of link `name` from `machine`.
 fn peer_of(o: &Overlay, machine: &str, name: &str) -> Result<String, CompileError> {

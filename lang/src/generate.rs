@@ -154,6 +154,7 @@ fn dialing_link(a: &str, b: &str, proto: LinkProto) -> Link {
         port: None,
         key: None,
         reserve: None,
+        encrypt: false,
     }
 }
 

@@ -16,7 +16,7 @@
 //! iface     = "IFACE" ( "TAP" | "ATTACH" ) machine name
 //!             { "MAC" mac | "DEVICE" name | "NETNS" name | "MTU" number } ;
 //! link      = "LINK" ( "TCP" | "UDP" | "QUIC" ) machine machine machine
-//!             { "PORT" port | "KEY" name | "RESERVE" rate } ;
+//!             { "PORT" port | "KEY" name | "RESERVE" rate | "ENCRYPT" } ;
 //! rule      = "FORWARD" "EDGE" machine source dest machine machine
 //!           | "FORWARD" "INTERFACE" machine source dest name ;
 //! source    = "ANY" [ mac ] | "NOT" mac | mac ;

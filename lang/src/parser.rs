@@ -511,6 +511,7 @@ impl<'a> Parser<'a> {
             port: None,
             key: None,
             reserve: None,
+            encrypt: false,
         };
         while let Some(kw) = self.peek_keyword(0) {
             let span = self.here();
@@ -535,6 +536,10 @@ impl<'a> Parser<'a> {
                         return Err(Failed);
                     };
                     link.reserve.replace(rate).is_some()
+                }
+                "ENCRYPT" => {
+                    self.pos += 1;
+                    std::mem::replace(&mut link.encrypt, true)
                 }
                 _ => break,
             };

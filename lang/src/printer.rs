@@ -112,6 +112,9 @@ fn link(l: &Link) -> String {
     if let Some(r) = l.reserve {
         let _ = write!(s, " RESERVE {}", format_rate(r));
     }
+    if l.encrypt {
+        s.push_str(" ENCRYPT");
+    }
     s
 }
 

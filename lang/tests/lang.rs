@@ -101,9 +101,10 @@ fn item() -> impl Strategy<Value = Item> {
             0..HOSTS,
             0..HOSTS,
             any::<bool>(),
-            proptest::option::of(7401..7403u16)
+            proptest::option::of(7401..7403u16),
+            any::<bool>()
         )
-            .prop_map(|(a, b, udp, port)| {
+            .prop_map(|(a, b, udp, port, encrypt)| {
                 Item::Link(Link {
                     owner: format!("h{a}"),
                     peer: format!("h{b}"),
@@ -111,6 +112,7 @@ fn item() -> impl Strategy<Value = Item> {
                     port,
                     key: None,
                     reserve: None,
+                    encrypt,
                 })
             }),
         (

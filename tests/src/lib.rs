@@ -777,6 +777,25 @@ impl Lab {
     /// Starts an iperf3 TCP transfer of `secs` seconds from VM `from` to VM `to`: the
     /// server is listening before the client starts.
     pub fn iperf_start(&self, from: usize, to: usize, secs: u32) -> IperfRun {
+        let server = self.iperf_server(to);
+        let client = self
+            .in_vm(from, "iperf3")
+            .args(["-c", &self.vm(to).ip.to_string(), "-t", &secs.to_string(), "-J"])
+            .args(["--connect-timeout", "3000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting iperf3 -c");
+        IperfRun {
+            client: Some(client),
+            server,
+            what: format!("iperf3 vm{from} -> vm{to}"),
+        }
+    }
+
+    /// A one-shot iperf3 server in VM `to`, once it listens.
+    fn iperf_server(&self, to: usize) -> Proc {
         let mut server = self
             .in_vm(to, "iperf3")
             // --forceflush: the "listening" line arrives while the server waits, not at
@@ -800,20 +819,47 @@ impl Lab {
         });
         rx.recv_timeout(Duration::from_secs(10))
             .unwrap_or_else(|_| panic!("iperf3 server in vm{to} did not start listening"));
-        let client = self
-            .in_vm(from, "iperf3")
-            .args(["-c", &self.vm(to).ip.to_string(), "-t", &secs.to_string(), "-J"])
-            .args(["--connect-timeout", "3000"])
+        server
+    }
+
+    /// Sends `mib` MiB of random bytes from VM `from` to VM `to` over one TCP connection
+    /// (e2e-probe send/sink) and checks the receiver got exactly those bytes.
+    pub fn transfer_file_verified(&self, from: usize, to: usize, mib: usize) {
+        let dir = &self.info.dir;
+        let (sent, received) = (dir.join("transfer.in"), dir.join("transfer.out"));
+        let data = random_bytes(mib << 20);
+        fs::write(&sent, &data).expect("writing the file to send");
+        let _ = fs::remove_file(&received);
+        let addr = format!("{}:5301", self.vm(to).ip);
+        let mut sink = in_netns(&self.vm(to).netns, bin("e2e-probe"))
+            .args(["sink", &addr])
+            .arg(&received)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting iperf3 -c");
-        IperfRun {
-            client: Some(client),
-            server,
-            what: format!("iperf3 vm{from} -> vm{to}"),
-        }
+            .expect("starting e2e-probe sink");
+        let mut lines = BufReader::new(sink.stdout.take().expect("sink stdout")).lines();
+        assert_eq!(
+            lines.next().and_then(Result::ok).as_deref(),
+            Some("listening"),
+            "e2e-probe sink"
+        );
+        let sent_path = sent.to_str().expect("utf-8 path");
+        self.probe(&self.vm(from).netns.clone(), &["send", &addr, sent_path], &[]);
+        let out = sink.wait_with_output().expect("waiting for the sink");
+        assert!(
+            out.status.success(),
+            "sink: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = fs::read(&received).unwrap_or_default();
+        assert!(
+            got.len() == data.len() && got == data,
+            "vm{to} received {} B that differ from the {} B vm{from} sent",
+            got.len(),
+            data.len()
+        );
     }
 
     /// An iperf3 TCP transfer of `secs` seconds from VM `from` to VM `to`.

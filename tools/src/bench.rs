@@ -1,5 +1,6 @@
 //! `vnet bench`: VM-to-VM TCP throughput (iperf3, one and four streams) and RTT (ping) in
-//! the lab, over a vnet TCP link, a vnet UDP link, kernel VXLAN and tinc 1.0 in switch mode
+//! the lab, over vnet TCP, QUIC, sealed TCP, sealed UDP and UDP links, kernel VXLAN and
+//! tinc 1.0 in switch mode
 //! (no cipher, and its default cipher) between the same namespaces, in one run, printed
 //! as ratios to VXLAN and to tinc.
 
@@ -290,18 +291,26 @@ fn add_tinc(
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> Result<()> {
     let mut results = Vec::new();
-    for (link, label) in [(LabLink::Tcp, "vnet tcp link"), (LabLink::Udp, "vnet udp link")] {
+    let paths = [
+        (LabLink::Tcp, false, "vnet tcp link"),
+        (LabLink::Quic, false, "vnet quic link"),
+        (LabLink::Tcp, true, "vnet tcp sealed"),
+        (LabLink::Udp, true, "vnet udp sealed"),
+        (LabLink::Udp, false, "vnet udp link"),
+    ];
+    for (link, encrypt, label) in paths {
         let mut opts = UpArgs::new(&args.name, 3, 2);
         opts.link = link;
+        opts.encrypt = encrypt;
         opts.topology = LabTopology::Full;
         let info = lab::up(&opts)?;
         let _teardown = Teardown(&args.name);
         let vm1_ip = info.vms[1].ip.to_string();
         results.push(measure(label, &info, &vm1_ip, &args)?);
-        if link != LabLink::Udp {
+        // The last lab (plain UDP) hosts the references.
+        if link != LabLink::Udp || encrypt {
             continue;
         }
-        // The references run between the same VM namespaces of the last lab.
         let vx_ip = add_vxlan(&info)?;
         results.push(measure("kernel vxlan", &info, &vx_ip, &args)?);
         if !args.no_tinc {

@@ -149,6 +149,9 @@ pub enum LinkCommand {
         /// Dial this address (IP:PORT); without it, wait for the peer to dial.
         #[arg(long)]
         peer: Option<SocketAddr>,
+        /// Seal frames with per-session keys (TCP, UDP); both ends must say so.
+        #[arg(long)]
+        encrypt: bool,
     },
     /// Delete a link.
     Del {
@@ -386,13 +389,23 @@ fn link(target: &Target, cmd: LinkCommand) -> Result<()> {
             }
             r => Err(unexpected(r)),
         },
-        LinkCommand::Add { name, proto, peer } => {
+        LinkCommand::Add {
+            name,
+            proto,
+            peer,
+            encrypt,
+        } => {
             let proto = match proto {
                 Proto::Tcp => LinkProto::Tcp,
                 Proto::Udp => LinkProto::Udp,
                 Proto::Quic => LinkProto::Quic,
             };
-            expect_done(target.request(Request::LinkAdd(LinkSpec { name, proto, peer }))?)
+            expect_done(target.request(Request::LinkAdd(LinkSpec {
+                name,
+                proto,
+                peer,
+                encrypt,
+            }))?)
         }
         LinkCommand::Del { name } => expect_done(target.request(Request::LinkDel { name })?),
     }

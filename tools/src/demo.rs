@@ -93,6 +93,7 @@ pub fn add_fast_path(info: &LabInfo, proto: LinkProto, vm_a: usize, vm_b: usize)
         name: name.clone(),
         proto,
         peer,
+        encrypt: false,
     };
     expect_done(ask(&wait.control, Request::LinkAdd(spec(None)))?)?;
     expect_done(ask(

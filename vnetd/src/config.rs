@@ -165,6 +165,10 @@ pub struct LinkSpec {
     pub proto: LinkProto,
     /// Address to dial; `None` waits for the peer to dial in.
     pub peer: Option<SocketAddr>,
+    /// Seal every frame with per-session keys (ChaCha20-Poly1305; TCP and UDP links).
+    /// Both ends must agree. QUIC links are always encrypted by QUIC itself.
+    #[serde(default)]
+    pub encrypt: bool,
 }
 
 /// A rule with its id.

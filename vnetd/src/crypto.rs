@@ -17,6 +17,8 @@
 //! The receiver accepts each counter once, within a window of the last
 //! [`REPLAY_WINDOW`] counters (UDP reorders; TCP is simply in order).
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use hkdf::Hkdf;
@@ -112,10 +114,11 @@ fn nonce(counter: u64) -> Nonce {
     Nonce::from(n)
 }
 
-/// Seals messages in one direction.
+/// Seals messages in one direction. Shared by the forwarding workers: the counter is
+/// atomic, so no two messages ever get the same nonce.
 pub struct Sealer {
     cipher: ChaCha20Poly1305,
-    next: u64,
+    next: AtomicU64,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -131,15 +134,18 @@ impl Sealer {
     pub fn new(key: &[u8; 32]) -> Sealer {
         Sealer {
             cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
-            next: 0,
+            next: AtomicU64::new(0),
         }
     }
 
     /// Appends `counter || seal(plaintext) || tag` to `out`; `aad` (e.g. the link header)
     /// is authenticated but not encrypted.
-    pub fn seal(&mut self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
-        let counter = self.next;
-        self.next = self.next.checked_add(1).ok_or(CryptoError::Exhausted)?;
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        let counter = self.next.fetch_add(1, Relaxed);
+        // 2^64 messages will not happen; refuse rather than wrap and reuse a nonce.
+        if counter == u64::MAX {
+            return Err(CryptoError::Exhausted);
+        }
         out.extend_from_slice(&counter.to_be_bytes());
         let start = out.len();
         out.extend_from_slice(plaintext);
@@ -284,7 +290,7 @@ mod tests {
     fn seal_open_round_trip_and_tamper_detection() {
         let (ka, _) = pair();
         let (send, recv) = ka.for_side(true);
-        let mut sealer = Sealer::new(&send);
+        let sealer = Sealer::new(&send);
         let mut opener = Opener::new(&send);
         let mut wrong = Opener::new(&recv);
         let mut msg = Vec::new();
@@ -317,7 +323,7 @@ mod tests {
             opener.open(b"", &forged, &mut Vec::new()),
             Err(CryptoError::Forged)
         );
-        let mut sealer = Sealer::new(&[3u8; 32]);
+        let sealer = Sealer::new(&[3u8; 32]);
         let mut msg = Vec::new();
         sealer.seal(b"", b"x", &mut msg).unwrap();
         assert!(opener.open(b"", &msg, &mut Vec::new()).is_ok());

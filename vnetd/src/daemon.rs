@@ -482,7 +482,12 @@ impl Daemon {
                 ))
             }
             (LinkProto::Tcp, None) => {}
-            (LinkProto::Udp, peer) => self.udp.add_link(spec.name.clone(), peer, info.clone()),
+            (LinkProto::Udp, peer) => self.udp.add_link(
+                spec.name.clone(),
+                peer,
+                crate::link::stream::link_caps(spec),
+                info.clone(),
+            ),
             (LinkProto::Quic, Some(peer)) => {
                 dialer = Some(quic::spawn_dialer(
                     self.clone(),

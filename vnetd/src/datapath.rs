@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use vttif::{Direction, LocalMatrix};
 
+use crate::crypto::Sealer;
 use crate::forward::{DropCounters, DropReason, Forwarder, PortStats};
 use crate::table::{ForwardingTable, PortId};
 use crate::wire::{self, Kind};
@@ -40,9 +41,16 @@ pub enum PortTx {
         peer: SocketAddr,
         /// The session id the peer expects.
         session: u32,
+        /// Seals frames when the link encrypts.
+        sealer: Option<Arc<Sealer>>,
     },
     /// A TCP link session: encoded messages go to its writer task.
-    Tcp(mpsc::Sender<Vec<u8>>),
+    Tcp {
+        /// The writer task's queue.
+        queue: mpsc::Sender<Vec<u8>>,
+        /// Seals frames when the link encrypts.
+        sealer: Option<Arc<Sealer>>,
+    },
     /// A QUIC link session: frames as (fragmented) datagrams.
     Quic(Arc<crate::link::quic::QuicTx>),
 }
@@ -243,10 +251,10 @@ fn send(port: &Port, frame: &[u8], hop_limit: u8, scratch: &mut Vec<u8>) -> Resu
             socket,
             peer,
             session,
+            sealer,
         } => {
             scratch.clear();
-            wire::encode_message(Kind::Frame, hops, *session, frame, scratch)
-                .map_err(|_| DropReason::TooLarge)?;
+            encode_frame(sealer.as_deref(), hops, *session, frame, scratch)?;
             match socket.try_send_to(scratch, *peer) {
                 Ok(_) => Ok(()),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => Err(DropReason::QueueFull),
@@ -254,9 +262,9 @@ fn send(port: &Port, frame: &[u8], hop_limit: u8, scratch: &mut Vec<u8>) -> Resu
                 Err(_) => Err(DropReason::SendError),
             }
         }
-        PortTx::Tcp(queue) => {
-            let mut msg = Vec::with_capacity(wire::HEADER_LEN + frame.len());
-            wire::encode_message(Kind::Frame, hops, 0, frame, &mut msg).map_err(|_| DropReason::TooLarge)?;
+        PortTx::Tcp { queue, sealer } => {
+            let mut msg = Vec::with_capacity(wire::HEADER_LEN + frame.len() + crate::crypto::SEAL_OVERHEAD);
+            encode_frame(sealer.as_deref(), hops, 0, frame, &mut msg)?;
             match queue.try_send(msg) {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => Err(DropReason::QueueFull),
@@ -265,4 +273,19 @@ fn send(port: &Port, frame: &[u8], hop_limit: u8, scratch: &mut Vec<u8>) -> Resu
         }
         PortTx::Quic(tx) => tx.send(frame, hops),
     }
+}
+
+/// A frame message, sealed when the link encrypts.
+fn encode_frame(
+    sealer: Option<&Sealer>,
+    hops: u8,
+    session: u32,
+    frame: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), DropReason> {
+    match sealer {
+        Some(s) => wire::encode_sealed_frame(s, hops, session, frame, out),
+        None => wire::encode_message(Kind::Frame, hops, session, frame, out),
+    }
+    .map_err(|_| DropReason::TooLarge)
 }

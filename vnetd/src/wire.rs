@@ -12,7 +12,8 @@
 //! 3      1    kind: 1 Frame, 2 Hello, 3 Challenge, 4 Proof, 5 Welcome, 6 Keepalive,
 //!             7 Reset, 8 Refused
 //! 4      1    hop_limit (frames only; 0 for others)
-//! 5      1    flags (reserved for offload capability bits; 0 now; receivers ignore
+//! 5      1    flags (bit 0 FLAG_SEALED: the payload is a sealed frame; other bits
+//!             reserved; receivers ignore
 //!             unknown bits)
 //! 6      2    reserved, sent as 0, ignored on receive
 //! 8      4    session id, u32 big endian (0 until a session exists)
@@ -227,6 +228,48 @@ pub fn encode_message(
     out.extend_from_slice(&header.encode());
     out.extend_from_slice(payload);
     Ok(())
+}
+
+/// Flag bit: the payload is `counter || ciphertext || tag` of a frame sealed with the
+/// session keys ([`crate::crypto`]); the header is the AEAD's associated data.
+pub const FLAG_SEALED: u8 = 1;
+
+/// Appends a sealed frame message to `out`: header (with [`FLAG_SEALED`] and the sealed
+/// length) authenticated as associated data, then the sealed frame.
+pub fn encode_sealed_frame(
+    sealer: &crate::crypto::Sealer,
+    hop_limit: u8,
+    session: u32,
+    frame: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    let len = frame.len() + crate::crypto::SEAL_OVERHEAD;
+    if len > MAX_PAYLOAD {
+        return Err(WireError::TooLong(len));
+    }
+    let header = Header {
+        kind: Kind::Frame,
+        hop_limit,
+        flags: FLAG_SEALED,
+        session,
+        len: len as u32,
+    }
+    .encode();
+    out.extend_from_slice(&header);
+    // Sealing fails only when the counter is exhausted; report it as an unsendable frame.
+    sealer
+        .seal(&header, frame, out)
+        .map_err(|_| WireError::TooLong(len))
+}
+
+/// Opens a sealed frame message's payload into `frame`, checking it against its header.
+pub fn open_sealed_frame(
+    opener: &mut crate::crypto::Opener,
+    header: &Header,
+    payload: &[u8],
+    frame: &mut Vec<u8>,
+) -> Result<(), crate::crypto::CryptoError> {
+    opener.open(&header.encode(), payload, frame)
 }
 
 /// A whole UDP datagram: header, and a payload whose length must equal header.len exactly.

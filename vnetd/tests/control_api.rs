@@ -71,6 +71,7 @@ fn link(name: &str) -> LinkSpec {
         name: name.into(),
         proto: LinkProto::Udp,
         peer: None,
+        encrypt: false,
     }
 }
 

@@ -8,6 +8,9 @@
 //!                                  a big-endian u16; send each, then count the answers
 //! e2e-probe forge ADDR LINK NODE   open LINK over TCP as NODE, answer the Challenge with
 //!                                  a made-up Proof (what a peer without the key does)
+//! e2e-probe sink ADDR FILE         listen on ADDR (prints `listening`), take one TCP
+//!                                  connection, write everything it carries to FILE
+//! e2e-probe send ADDR FILE         send FILE on one TCP connection, then half-close
 //! ```
 //!
 //! Each prints one line of `key=value` pairs saying what happened; the tests parse it.
@@ -27,7 +30,12 @@ fn main() -> ExitCode {
         ["tcp", addr] => parse(addr).and_then(tcp),
         ["udp", addr] => parse(addr).and_then(udp),
         ["forge", addr, link, node] => parse(addr).and_then(|a| forge(a, link, node)),
-        _ => Err("usage: e2e-probe tcp ADDR | udp ADDR | forge ADDR LINK NODE".to_string()),
+        ["sink", addr, file] => parse(addr).and_then(|a| sink(a, file)),
+        ["send", addr, file] => parse(addr).and_then(|a| send(a, file)),
+        _ => Err(
+            "usage: e2e-probe tcp ADDR | udp ADDR | forge ADDR LINK NODE | sink ADDR FILE | send ADDR FILE"
+                .to_string(),
+        ),
     };
     match result {
         Ok(line) => {
@@ -39,6 +47,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn sink(addr: SocketAddr, file: &str) -> Result<String, String> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    println!("listening");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    let (mut s, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    s.set_read_timeout(Some(TIMEOUT * 10))
+        .map_err(|e| e.to_string())?;
+    let mut data = Vec::new();
+    s.read_to_end(&mut data)
+        .map_err(|e| format!("reading after {} B: {e}", data.len()))?;
+    std::fs::write(file, &data).map_err(|e| format!("{file}: {e}"))?;
+    Ok(format!("bytes={}", data.len()))
+}
+
+fn send(addr: SocketAddr, file: &str) -> Result<String, String> {
+    let data = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
+    let mut s = connect(addr)?;
+    s.set_write_timeout(Some(TIMEOUT * 10))
+        .map_err(|e| e.to_string())?;
+    s.write_all(&data).map_err(|e| format!("sending: {e}"))?;
+    s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    Ok(format!("bytes={}", data.len()))
 }
 
 fn parse(addr: &str) -> Result<SocketAddr, String> {

@@ -116,6 +116,9 @@ pub struct UpArgs {
     /// VMs whose NIC is a veth captured by vnetd instead of a TAP, e.g. `--veth-vms 0,2`.
     #[arg(long, value_delimiter = ',', value_name = "J,J..")]
     pub veth_vms: Vec<usize>,
+    /// Encrypt every TCP or UDP link with per-session keys.
+    #[arg(long)]
+    pub encrypt: bool,
     /// The vnetd binary (default: `vnetd` next to this program).
     #[arg(long, env = "VNETD_BIN")]
     pub vnetd: Option<PathBuf>,
@@ -135,6 +138,7 @@ impl UpArgs {
             topology: LabTopology::Star,
             uplinks: Vec::new(),
             veth_vms: Vec::new(),
+            encrypt: false,
             vnetd: None,
             json: false,
         }

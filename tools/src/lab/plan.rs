@@ -175,6 +175,8 @@ pub struct Plan {
     pub topology: LabTopology,
     /// VMs whose NIC is a veth captured by vnetd instead of a TAP.
     pub veth_vms: BTreeSet<usize>,
+    /// Links seal their frames.
+    pub encrypt: bool,
     /// Shaped uplinks: host -> rate.
     pub uplinks: BTreeMap<usize, Uplink>,
     /// The lab's directory.
@@ -225,6 +227,7 @@ impl Plan {
             },
             topology: opts.topology,
             veth_vms,
+            encrypt: opts.encrypt,
             uplinks,
             dir: root.join(&opts.name),
         })
@@ -340,6 +343,7 @@ impl Plan {
             name: Self::link_name(me, other),
             proto: self.proto,
             peer: (me > other).then(|| self.link_target(other)),
+            encrypt: self.encrypt,
         }
     }
 

@@ -22,6 +22,28 @@ pub(crate) fn offer(caps: u32, binding: [u8; 32]) -> crate::handshake::Offer {
     }
 }
 
+/// The frame a Frame message carries: opened with the session's opener when the link
+/// encrypts (then an unsealed or forged frame is refused), the payload itself otherwise.
+pub(crate) fn frame_payload<'a>(
+    opener: Option<&mut crate::crypto::Opener>,
+    header: &crate::wire::Header,
+    payload: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8], crate::forward::DropReason> {
+    use crate::forward::DropReason;
+    let sealed = header.flags & crate::wire::FLAG_SEALED != 0;
+    match opener {
+        Some(opener) if sealed => {
+            crate::wire::open_sealed_frame(opener, header, payload, scratch)
+                .map_err(|_| DropReason::AuthFailed)?;
+            Ok(scratch)
+        }
+        None if !sealed => Ok(payload),
+        // A plaintext frame on an encrypted link, or a sealed one on a plain link.
+        _ => Err(DropReason::AuthFailed),
+    }
+}
+
 /// Updates a link's reported status.
 pub(crate) fn update(info: &Arc<Mutex<LinkInfo>>, f: impl FnOnce(&mut LinkInfo)) {
     f(&mut info.lock().unwrap_or_else(|p| p.into_inner()));

@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::LinkProto;
 use crate::control::proto::LinkState;
+use crate::crypto::{Opener, Sealer};
 use crate::daemon::{Daemon, LinkInfo};
 use crate::forward::DropReason;
 use crate::handshake::{self, HandshakeError, Initiator, Refused, Responder, Session};
@@ -103,7 +104,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let id = &daemon.identity;
-    let (mut initiator, hello) = Initiator::new(id.key.clone(), &id.node, name, offer(0, binding));
+    let caps = daemon.link(name).map_or(0, |(spec, _)| link_caps(&spec));
+    let (mut initiator, hello) = Initiator::new(id.key.clone(), &id.node, name, offer(caps, binding));
     send(write, Kind::Hello, 0, &handshake::encode_payload(&hello)).await?;
     let (header, payload) = recv_timeout(read).await?;
     let challenge = match header.kind {
@@ -151,18 +153,21 @@ where
         return Err(LinkError::Unexpected(header.kind));
     }
     let hello = handshake::decode_hello(&payload).inspect_err(|_| drops.add(DropReason::BadMessage))?;
-    let info = match daemon.link(&hello.link) {
-        Some((spec, info)) if spec.proto == proto && spec.peer.is_none() => info,
+    let (info, caps) = match daemon.link(&hello.link) {
+        Some((spec, info)) if spec.proto == proto && spec.peer.is_none() => (info, link_caps(&spec)),
         Some(_) => {
             let reason = format!("link `{}` is not a {proto} link that waits here", hello.link);
             return Err(refuse(write, &reason).await);
         }
         None => return Err(refuse(write, &format!("no link `{}` here", hello.link)).await),
     };
+    if let Some(reason) = caps_mismatch(&hello.link, caps, hello.caps) {
+        return Err(refuse(write, &reason).await);
+    }
     let id = &daemon.identity;
     let session_id = rand::random::<u32>().max(1);
     let (responder, challenge) =
-        Responder::on_hello(id.key.clone(), &id.node, &hello, offer(0, binding), session_id);
+        Responder::on_hello(id.key.clone(), &id.node, &hello, offer(caps, binding), session_id);
     send(write, Kind::Challenge, 0, &handshake::encode_payload(&challenge)).await?;
     let (header, payload) = recv_timeout(read).await?;
     if header.kind != Kind::Proof {
@@ -179,6 +184,40 @@ where
     };
     send(write, Kind::Welcome, session.id, &[]).await?;
     Ok((session, info))
+}
+
+/// The capabilities a link's configuration asks for in the handshake.
+pub(crate) fn link_caps(spec: &crate::config::LinkSpec) -> u32 {
+    if spec.encrypt && spec.proto != LinkProto::Quic {
+        handshake::CAP_ENCRYPT
+    } else {
+        0
+    }
+}
+
+/// Why a responder with capabilities `ours` refuses a Hello asking for `theirs`.
+pub(crate) fn caps_mismatch(link: &str, ours: u32, theirs: u32) -> Option<String> {
+    let (we, they) = (
+        ours & handshake::CAP_ENCRYPT != 0,
+        theirs & handshake::CAP_ENCRYPT != 0,
+    );
+    (we != they).then(|| {
+        let says = |b: bool| if b { "encrypts" } else { "does not encrypt" };
+        format!(
+            "link `{link}`: this end {} it but the dialing end {}; set encrypt alike on both",
+            says(we),
+            says(they)
+        )
+    })
+}
+
+/// The sealer and opener of a session whose link encrypts, from this end's view.
+pub(crate) fn session_crypto(session: &Session) -> Option<(Arc<Sealer>, Opener)> {
+    if session.own_caps & handshake::CAP_ENCRYPT == 0 {
+        return None;
+    }
+    let (send, recv) = session.keys.for_side(session.initiator);
+    Some((Arc::new(Sealer::new(&send)), Opener::new(&recv)))
 }
 
 /// Runs the session of a link the peer dialed in as its own task, registered with the

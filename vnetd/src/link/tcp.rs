@@ -13,12 +13,13 @@ use tokio::task::JoinHandle;
 
 use crate::config::LinkProto;
 use crate::control::proto::LinkState;
+use crate::crypto::Opener;
 use crate::daemon::{Daemon, LinkInfo};
 use crate::datapath::PortTx;
 use crate::forward::DropReason;
 use crate::handshake::Session;
-use crate::link::stream::{adopt_session, initiate, recv_into, redial, respond, LinkError};
-use crate::link::{idle_state, update};
+use crate::link::stream::{adopt_session, initiate, recv_into, redial, respond, session_crypto, LinkError};
+use crate::link::{frame_payload, idle_state, update};
 use crate::rule::Output;
 use crate::wire::{self, Kind};
 
@@ -114,7 +115,8 @@ async fn run_session(
 ) -> LinkError {
     let (queue, rx) = mpsc::channel(SEND_QUEUE);
     let writer = tokio::spawn(write_loop(write, rx));
-    let token = daemon.link_up(name, PortTx::Tcp(queue));
+    let (sealer, opener) = session_crypto(&session).unzip();
+    let token = daemon.link_up(name, PortTx::Tcp { queue, sealer });
     update(info, |i| {
         i.state = LinkState::Up;
         i.peer_node = Some(session.peer_node.clone());
@@ -122,18 +124,24 @@ async fn run_session(
         i.sessions += 1;
         i.last_error = None;
     });
-    let end = read_loop(daemon, name, read).await;
+    let end = read_loop(daemon, name, read, opener).await;
     daemon.link_down(name, token);
     writer.abort();
     update(info, |i| i.state = idle_state(false));
     end
 }
 
-async fn read_loop(daemon: &Daemon, name: &str, read: OwnedReadHalf) -> LinkError {
+async fn read_loop(
+    daemon: &Daemon,
+    name: &str,
+    read: OwnedReadHalf,
+    mut opener: Option<Opener>,
+) -> LinkError {
     let (port, stats) = daemon.port(&Output::Link(name.to_string()));
     let mut read = BufReader::with_capacity(256 * 1024, read);
     let mut worker = daemon.datapath.worker();
     let mut payload = Vec::with_capacity(wire::MAX_PAYLOAD);
+    let mut plain = Vec::new();
     loop {
         let header = match recv_into(&mut read, &mut payload).await {
             Ok(h) => h,
@@ -147,10 +155,18 @@ async fn read_loop(daemon: &Daemon, name: &str, read: OwnedReadHalf) -> LinkErro
         };
         match header.kind {
             Kind::Frame => {
-                stats.rx(payload.len());
+                let frame = match frame_payload(opener.as_mut(), &header, &payload, &mut plain) {
+                    Ok(f) => f,
+                    Err(reason) => {
+                        // A stream that carries a forgery is not worth reading further.
+                        daemon.datapath.drops.add(reason);
+                        return LinkError::Transport("frame failed authentication".into());
+                    }
+                };
+                stats.rx(frame.len());
                 daemon
                     .datapath
-                    .forward(&mut worker, port, &payload, header.hop_limit);
+                    .forward(&mut worker, port, frame, header.hop_limit);
                 if read.buffer().is_empty() {
                     daemon.datapath.report_cache(&mut worker);
                 }

@@ -19,11 +19,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::control::proto::LinkState;
+use crate::crypto::Opener;
 use crate::daemon::{Daemon, LinkInfo};
 use crate::datapath::{PortTx, Worker};
 use crate::forward::{DropReason, PortStats};
-use crate::handshake::{self, Initiator, Refused, Responder};
-use crate::link::{idle_state, offer, update};
+use crate::handshake::{self, Initiator, Refused, Responder, Session};
+use crate::link::stream::{caps_mismatch, session_crypto};
+use crate::link::{frame_payload, idle_state, offer, update};
 use crate::rule::Output;
 use crate::table::PortId;
 use crate::wire::{self, Header, Kind};
@@ -50,6 +52,7 @@ enum Command {
     Add {
         name: String,
         peer: Option<SocketAddr>,
+        caps: u32,
         info: Arc<Mutex<LinkInfo>>,
     },
     Remove {
@@ -80,9 +83,14 @@ impl std::fmt::Debug for Command {
 
 impl Handle {
     /// Starts handling a UDP link: dial `peer`, or wait for the peer when `None`.
-    pub fn add_link(&self, name: String, peer: Option<SocketAddr>, info: Arc<Mutex<LinkInfo>>) {
+    pub fn add_link(&self, name: String, peer: Option<SocketAddr>, caps: u32, info: Arc<Mutex<LinkInfo>>) {
         // The task lives as long as the daemon; a send error only happens at shutdown.
-        let _ = self.commands.send(Command::Add { name, peer, info });
+        let _ = self.commands.send(Command::Add {
+            name,
+            peer,
+            caps,
+            info,
+        });
     }
 
     /// Stops handling a link (no-op for links it does not know, e.g. TCP ones).
@@ -133,11 +141,15 @@ enum Phase {
         token: u64,
         heard: Instant,
         keepalive: Instant,
+        /// Opens the peer's sealed frames when the link encrypts.
+        opener: Option<Opener>,
     },
 }
 
 struct Link {
     name: String,
+    /// Capabilities the link's configuration asks for (encryption).
+    caps: u32,
     peer: Option<SocketAddr>,
     info: Arc<Mutex<LinkInfo>>,
     /// The link's port and counters, looked up once so receiving takes no lock.
@@ -155,6 +167,8 @@ struct Task {
     /// Handshakes answered for links whose session is still up (the peer restarted, or
     /// someone replays a Hello): the old session stays until the new one is proven.
     pending: HashMap<String, (Responder, SocketAddr, Instant)>,
+    /// Scratch for opened frames.
+    plain: Vec<u8>,
 }
 
 /// Spawns the task that runs every UDP link.
@@ -168,6 +182,7 @@ pub fn spawn(daemon: Arc<Daemon>, commands: Commands) -> JoinHandle<()> {
             links: HashMap::new(),
             resets: 0,
             pending: HashMap::new(),
+            plain: Vec::new(),
         };
         let mut commands = commands.0;
         let mut tick = tokio::time::interval(TICK);
@@ -210,10 +225,16 @@ impl Task {
 
     fn on_command(&mut self, c: Command, now: Instant) {
         match c {
-            Command::Add { name, peer, info } => {
+            Command::Add {
+                name,
+                peer,
+                info,
+                caps,
+            } => {
                 let (port, stats) = self.daemon.port(&Output::Link(name.clone()));
                 let link = Link {
                     name: name.clone(),
+                    caps,
                     peer,
                     info,
                     port,
@@ -260,7 +281,7 @@ impl Task {
                 if let Some(peer) = link.peer {
                     let id = &self.daemon.identity;
                     let (initiator, hello) =
-                        Initiator::new(id.key.clone(), &id.node, &link.name, offer(0, [0; 32]));
+                        Initiator::new(id.key.clone(), &id.node, &link.name, offer(link.caps, [0; 32]));
                     let hello = handshake::encode_payload(&hello);
                     self.send(peer, Kind::Hello, 0, &hello);
                     link.phase = Phase::Hello {
@@ -311,6 +332,7 @@ impl Task {
                 token,
                 heard,
                 keepalive,
+                ..
             } => {
                 if now - *heard > DEAD_AFTER {
                     tracing::warn!(link = %link.name, "udp session timed out");
@@ -356,7 +378,11 @@ impl Task {
     }
 
     fn on_session_message(&mut self, header: Header, payload: &[u8], from: SocketAddr, now: Instant) {
-        let Some(link) = self.session_link(from, header.session) else {
+        // Borrow the links alone, so the scratch, worker and daemon stay usable.
+        let found = self.links.values_mut().find(
+            |l| matches!(l.phase, Phase::Up { addr, session, .. } if addr == from && session == header.session),
+        );
+        let Some(link) = found else {
             self.daemon.datapath.drops.add(DropReason::NoSession);
             if self.resets < RESETS_PER_TICK {
                 self.resets += 1;
@@ -364,15 +390,20 @@ impl Task {
             }
             return;
         };
-        if let Phase::Up { heard, .. } = &mut link.phase {
-            *heard = now;
-        }
+        let Phase::Up { heard, opener, .. } = &mut link.phase else {
+            return;
+        };
+        *heard = now;
         if header.kind == Kind::Frame {
-            link.stats.rx(payload.len());
-            let port = link.port;
-            self.daemon
-                .datapath
-                .forward(&mut self.worker, port, payload, header.hop_limit);
+            match frame_payload(opener.as_mut(), &header, payload, &mut self.plain) {
+                Ok(frame) => {
+                    link.stats.rx(frame.len());
+                    self.daemon
+                        .datapath
+                        .forward(&mut self.worker, link.port, frame, header.hop_limit);
+                }
+                Err(reason) => self.daemon.datapath.drops.add(reason),
+            }
         }
     }
 
@@ -400,9 +431,17 @@ impl Task {
             let reason = format!("link `{}` dials from here; it does not wait", hello.link);
             return self.refuse(from, &reason);
         }
+        if let Some(reason) = caps_mismatch(&hello.link, link.caps, hello.caps) {
+            return self.refuse(from, &reason);
+        }
         let session = rand::random::<u32>().max(1);
-        let (responder, challenge) =
-            Responder::on_hello(id.key.clone(), &id.node, &hello, offer(0, [0; 32]), session);
+        let (responder, challenge) = Responder::on_hello(
+            id.key.clone(),
+            &id.node,
+            &hello,
+            offer(link.caps, [0; 32]),
+            session,
+        );
         let challenge = handshake::encode_payload(&challenge);
         // An up session stays up until the new handshake proves the peer (a forged Hello
         // cannot tear it down).
@@ -493,7 +532,7 @@ impl Task {
         match responder.on_proof(&proof) {
             Ok(session) => {
                 self.send(from, Kind::Welcome, session.id, &[]);
-                self.session_up(&name, from, session.id, &session.peer_node, now);
+                self.session_up(&name, from, &session, now);
             }
             Err(e) => {
                 self.daemon.datapath.drops.add(DropReason::AuthFailed);
@@ -520,19 +559,22 @@ impl Task {
             return;
         };
         match result {
-            Ok(session) => self.session_up(&name, from, session.id, &session.peer_node, now),
+            Ok(session) => self.session_up(&name, from, &session, now),
             Err(e) => tracing::warn!(link = %name, "udp welcome rejected: {e}"),
         }
     }
 
-    fn session_up(&mut self, name: &str, addr: SocketAddr, session: u32, peer_node: &str, now: Instant) {
+    fn session_up(&mut self, name: &str, addr: SocketAddr, s: &Session, now: Instant) {
         let Some(link) = self.links.get_mut(name) else {
             return;
         };
+        let (session, peer_node) = (s.id, s.peer_node.as_str());
+        let (sealer, opener) = session_crypto(s).unzip();
         let tx = PortTx::Udp {
             socket: self.socket.clone(),
             peer: addr,
             session,
+            sealer,
         };
         // Installing the new send side replaces the old session's, if any.
         let token = self.daemon.link_up(name, tx);
@@ -542,6 +584,7 @@ impl Task {
             token,
             heard: now,
             keepalive: now,
+            opener,
         };
         tracing::info!(link = %name, peer = %addr, node = %peer_node, "link up (udp)");
         update(&link.info, |i| {
