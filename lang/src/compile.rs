@@ -146,6 +146,8 @@ fn iface_spec(i: &Iface) -> IfaceSpec {
         netns: i.netns.clone(),
         mac: i.mac,
         mtu: i.mtu,
+        // The language has no offload option yet: TAPs take the daemon's default.
+        offload: true,
     }
 }
 

@@ -122,6 +122,9 @@ pub enum IfaceCommand {
         /// MTU of the TAP.
         #[arg(long)]
         mtu: Option<u32>,
+        /// Open the TAP without offloads (no virtio-net header, no TSO super-frames).
+        #[arg(long)]
+        no_offload: bool,
     },
     /// Remove an interface (a TAP device is destroyed).
     Del {
@@ -344,6 +347,7 @@ fn iface(target: &Target, cmd: IfaceCommand) -> Result<()> {
             netns,
             mac,
             mtu,
+            no_offload,
         } => {
             let kind = if attach { IfaceKind::Attach } else { IfaceKind::Tap };
             if attach && (mac.is_some() || mtu.is_some() || netns.is_some()) {
@@ -356,6 +360,7 @@ fn iface(target: &Target, cmd: IfaceCommand) -> Result<()> {
                 netns,
                 mac,
                 mtu,
+                offload: !no_offload,
             }))?)
         }
         IfaceCommand::Del { name } => expect_done(target.request(Request::IfaceDel { name })?),

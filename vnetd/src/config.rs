@@ -124,6 +124,10 @@ pub struct IfaceSpec {
     pub mac: Option<MacAddr>,
     /// MTU to give a TAP (default 1500).
     pub mtu: Option<u32>,
+    /// TAP offloads (virtio-net header, checksum and TSO): on by default; the kernel then
+    /// hands vnetd 64 KiB TCP super-frames, which links to capable peers carry whole.
+    #[serde(default = "default_offload")]
+    pub offload: bool,
 }
 
 impl IfaceSpec {
@@ -397,6 +401,10 @@ impl DaemonConfig {
         }
         self.topology.validate()
     }
+}
+
+fn default_offload() -> bool {
+    true
 }
 
 fn default_listen() -> SocketAddr {

@@ -138,9 +138,10 @@ impl Sealer {
         }
     }
 
-    /// Appends `counter || seal(plaintext) || tag` to `out`; `aad` (e.g. the link header)
-    /// is authenticated but not encrypted.
-    pub fn seal(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+    /// Appends `counter || seal(plaintext) || tag` to `out`, the plaintext being `parts`
+    /// one after the other; `aad` (e.g. the link header) is authenticated but not
+    /// encrypted.
+    pub fn seal(&self, aad: &[u8], parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), CryptoError> {
         let counter = self.next.fetch_add(1, Relaxed);
         // 2^64 messages will not happen; refuse rather than wrap and reuse a nonce.
         if counter == u64::MAX {
@@ -148,7 +149,9 @@ impl Sealer {
         }
         out.extend_from_slice(&counter.to_be_bytes());
         let start = out.len();
-        out.extend_from_slice(plaintext);
+        for p in parts {
+            out.extend_from_slice(p);
+        }
         let tag = self
             .cipher
             .encrypt_in_place_detached(&nonce(counter), aad, &mut out[start..])
@@ -294,7 +297,7 @@ mod tests {
         let mut opener = Opener::new(&send);
         let mut wrong = Opener::new(&recv);
         let mut msg = Vec::new();
-        sealer.seal(b"hdr", b"an ethernet frame", &mut msg).unwrap();
+        sealer.seal(b"hdr", &[b"an ethernet frame"], &mut msg).unwrap();
         assert_eq!(msg.len(), 17 + SEAL_OVERHEAD);
         let mut out = Vec::new();
         assert_eq!(wrong.open(b"hdr", &msg, &mut out), Err(CryptoError::Forged));
@@ -325,7 +328,7 @@ mod tests {
         );
         let sealer = Sealer::new(&[3u8; 32]);
         let mut msg = Vec::new();
-        sealer.seal(b"", b"x", &mut msg).unwrap();
+        sealer.seal(b"", &[b"x"], &mut msg).unwrap();
         assert!(opener.open(b"", &msg, &mut Vec::new()).is_ok());
     }
 

@@ -407,11 +407,22 @@ impl Daemon {
         let stats = st.port_stats[id.0 as usize].clone();
         let device = iface::open(spec).map_err(|e| format!("interface `{}`: {e}", spec.name))?;
         let device = Arc::new(device);
-        let task = iface::spawn_reader(self.clone(), spec.name.clone(), id, device.clone(), stats.clone());
+        let vnet_hdr = spec.kind == crate::config::IfaceKind::Tap && spec.offload;
+        let task = iface::spawn_reader(
+            self.clone(),
+            spec.name.clone(),
+            id,
+            device.clone(),
+            vnet_hdr,
+            stats.clone(),
+        );
         st.ports[id.0 as usize] = Some(Port {
             name: Arc::from(spec.name.as_str()),
             is_link: false,
-            tx: PortTx::Device(device.clone()),
+            tx: PortTx::Device {
+                file: device.clone(),
+                vnet_hdr,
+            },
             stats,
             session: 0,
         });

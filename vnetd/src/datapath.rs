@@ -14,7 +14,7 @@
 //! retired total, so the daemon's matrix never goes backwards.
 
 use std::fs::File;
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, IoSlice, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -25,14 +25,20 @@ use vttif::{Direction, LocalMatrix};
 
 use crate::crypto::Sealer;
 use crate::forward::{DropCounters, DropReason, Forwarder, PortStats};
+use crate::offload::{self, VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM};
 use crate::table::{ForwardingTable, PortId};
-use crate::wire::{self, Kind};
+use crate::wire;
 
 /// How frames leave by one port.
 #[derive(Debug, Clone)]
 pub enum PortTx {
     /// A TAP device or a packet socket: one `write` per frame.
-    Device(Arc<File>),
+    Device {
+        /// The device.
+        file: Arc<File>,
+        /// The device reads and writes frames behind virtio-net headers (TAP offloads).
+        vnet_hdr: bool,
+    },
     /// A UDP link session: one datagram per frame from the daemon's UDP socket.
     Udp {
         /// The daemon's link socket.
@@ -50,6 +56,8 @@ pub enum PortTx {
         queue: mpsc::Sender<Vec<u8>>,
         /// Seals frames when the link encrypts.
         sealer: Option<Arc<Sealer>>,
+        /// The peer takes super-frames behind virtio-net headers.
+        superframes: bool,
     },
     /// A QUIC link session: frames as (fragmented) datagrams.
     Quic(Arc<crate::link::quic::QuicTx>),
@@ -121,7 +129,7 @@ impl Default for Datapath {
 #[derive(Debug)]
 pub struct Worker {
     forwarder: Forwarder,
-    scratch: Vec<u8>,
+    bufs: Buffers,
     reported: (u64, u64),
     traffic: vttif::Recorder,
 }
@@ -133,7 +141,7 @@ impl Datapath {
         self.accounts().readers.push(reader);
         Worker {
             forwarder: Forwarder::default(),
-            scratch: Vec::new(),
+            bufs: Buffers::default(),
             reported: (0, 0),
             traffic,
         }
@@ -174,8 +182,21 @@ impl Datapath {
         m
     }
 
-    /// Forwards one frame that arrived on `ingress` with `hop_limit` hops left.
+    /// Forwards one ordinary frame that arrived on `ingress` with `hop_limit` hops left.
     pub fn forward(&self, worker: &mut Worker, ingress: PortId, frame: &[u8], hop_limit: u8) {
+        self.forward_with(worker, ingress, &VirtioNetHdr::default(), frame, hop_limit)
+    }
+
+    /// Forwards one frame that came with a virtio-net header: maybe a super-frame, maybe
+    /// with a partial checksum; each output gets it in a form it can take.
+    pub fn forward_with(
+        &self,
+        worker: &mut Worker,
+        ingress: PortId,
+        hdr: &VirtioNetHdr,
+        frame: &[u8],
+        hop_limit: u8,
+    ) {
         let table = self.table.load();
         let ports = self.ports.load();
         let decision = match worker.forwarder.decide(&table, ingress, frame, hop_limit) {
@@ -192,7 +213,7 @@ impl Datapath {
                 continue;
             };
             to_local |= !port.is_link;
-            match send(port, frame, hop_limit, &mut worker.scratch) {
+            match send(port, hdr, frame, hop_limit, &mut worker.bufs) {
                 Ok(()) => port.stats.tx(frame.len()),
                 Err(reason) => {
                     port.stats.tx_drop();
@@ -230,7 +251,15 @@ impl Datapath {
     }
 }
 
-fn send(port: &Port, frame: &[u8], hop_limit: u8, scratch: &mut Vec<u8>) -> Result<(), DropReason> {
+/// Sends one frame (maybe a super-frame described by `hdr`) to `port`: whole where the
+/// port takes virtio-net headers, else segmented and with checksums completed.
+fn send(
+    port: &Port,
+    hdr: &VirtioNetHdr,
+    frame: &[u8],
+    hop_limit: u8,
+    bufs: &mut Buffers,
+) -> Result<(), DropReason> {
     let hops = if port.is_link {
         // The frame has used one hop to get here; a link cannot carry it with none left.
         match hop_limit.checked_sub(1) {
@@ -240,32 +269,85 @@ fn send(port: &Port, frame: &[u8], hop_limit: u8, scratch: &mut Vec<u8>) -> Resu
     } else {
         0
     };
+    let Buffers { msg, seg } = bufs;
+    let whole = matches!(
+        port.tx,
+        PortTx::Device { vnet_hdr: true, .. }
+            | PortTx::Tcp {
+                superframes: true,
+                ..
+            }
+    );
+    if whole {
+        return send_one(port, Some(hdr), frame, hops, msg);
+    }
+    if !hdr.is_gso() {
+        if hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM == 0 {
+            return send_one(port, None, frame, hops, msg);
+        }
+        seg.clear();
+        seg.extend_from_slice(frame);
+        offload::complete_checksum(seg, hdr).map_err(|_| DropReason::Offload)?;
+        return send_one(port, None, seg, hops, msg);
+    }
+    let mut result = Ok(());
+    offload::segment(frame, hdr, seg, |s| {
+        if let Err(e) = send_one(port, None, s, hops, msg) {
+            result = Err(e);
+        }
+    })
+    .map_err(|_| DropReason::Offload)?;
+    result
+}
+
+/// Sends one frame, behind its virtio-net header when `hdr` is given.
+fn send_one(
+    port: &Port,
+    hdr: Option<&VirtioNetHdr>,
+    frame: &[u8],
+    hops: u8,
+    msg: &mut Vec<u8>,
+) -> Result<(), DropReason> {
+    let head = hdr.map(VirtioNetHdr::encode);
+    let (flags, parts): (u8, [&[u8]; 2]) = match &head {
+        Some(h) => (wire::FLAG_VNET_HDR, [h, frame]),
+        None => (0, [&[], frame]),
+    };
     match &port.tx {
-        PortTx::Device(file) => match (&**file).write(frame) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Err(DropReason::QueueFull),
-            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => Err(DropReason::TooLarge),
-            Err(_) => Err(DropReason::SendError),
-        },
-        PortTx::Udp {
-            socket,
-            peer,
-            session,
-            sealer,
-        } => {
-            scratch.clear();
-            encode_frame(sealer.as_deref(), hops, *session, frame, scratch)?;
-            match socket.try_send_to(scratch, *peer) {
+        PortTx::Device { file, .. } => {
+            let written = match &head {
+                // One writev: the TAP takes header and frame as one packet.
+                Some(h) => (&**file).write_vectored(&[IoSlice::new(h), IoSlice::new(frame)]),
+                None => (&**file).write(frame),
+            };
+            match written {
                 Ok(_) => Ok(()),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => Err(DropReason::QueueFull),
                 Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => Err(DropReason::TooLarge),
                 Err(_) => Err(DropReason::SendError),
             }
         }
-        PortTx::Tcp { queue, sealer } => {
-            let mut msg = Vec::with_capacity(wire::HEADER_LEN + frame.len() + crate::crypto::SEAL_OVERHEAD);
-            encode_frame(sealer.as_deref(), hops, 0, frame, &mut msg)?;
-            match queue.try_send(msg) {
+        PortTx::Udp {
+            socket,
+            peer,
+            session,
+            sealer,
+        } => {
+            msg.clear();
+            wire::encode_frame(sealer.as_deref(), hops, *session, flags, &parts, msg)
+                .map_err(|_| DropReason::TooLarge)?;
+            match socket.try_send_to(msg, *peer) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => Err(DropReason::QueueFull),
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => Err(DropReason::TooLarge),
+                Err(_) => Err(DropReason::SendError),
+            }
+        }
+        PortTx::Tcp { queue, sealer, .. } => {
+            let mut owned = Vec::new();
+            wire::encode_frame(sealer.as_deref(), hops, 0, flags, &parts, &mut owned)
+                .map_err(|_| DropReason::TooLarge)?;
+            match queue.try_send(owned) {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => Err(DropReason::QueueFull),
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(DropReason::PortDown),
@@ -275,17 +357,9 @@ fn send(port: &Port, frame: &[u8], hop_limit: u8, scratch: &mut Vec<u8>) -> Resu
     }
 }
 
-/// A frame message, sealed when the link encrypts.
-fn encode_frame(
-    sealer: Option<&Sealer>,
-    hops: u8,
-    session: u32,
-    frame: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), DropReason> {
-    match sealer {
-        Some(s) => wire::encode_sealed_frame(s, hops, session, frame, out),
-        None => wire::encode_message(Kind::Frame, hops, session, frame, out),
-    }
-    .map_err(|_| DropReason::TooLarge)
+/// A worker's reusable buffers: encoded messages, and segments of super-frames.
+#[derive(Debug, Default)]
+struct Buffers {
+    msg: Vec<u8>,
+    seg: Vec<u8>,
 }

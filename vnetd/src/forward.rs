@@ -36,11 +36,14 @@ pub enum DropReason {
     AuthFailed,
     /// The operating system refused to send.
     SendError,
+    /// A super-frame that could not be segmented, or a partial checksum that could not be
+    /// completed, for an output without offloads.
+    Offload,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Runt,
         DropReason::NoRule,
         DropReason::SplitHorizon,
@@ -52,6 +55,7 @@ impl DropReason {
         DropReason::BadMessage,
         DropReason::AuthFailed,
         DropReason::SendError,
+        DropReason::Offload,
     ];
 
     /// The counter's name in listings.
@@ -68,6 +72,7 @@ impl DropReason {
             DropReason::BadMessage => "bad_message",
             DropReason::AuthFailed => "auth_failed",
             DropReason::SendError => "send_error",
+            DropReason::Offload => "offload",
         }
     }
 }

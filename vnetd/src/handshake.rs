@@ -70,6 +70,10 @@ const KEYS_LABEL: &[u8] = b"vnet/1 keys";
 /// ([`crate::crypto`]). Both ends' link configurations must agree.
 pub const CAP_ENCRYPT: u32 = 1;
 
+/// Capability bit: this end takes TSO super-frames behind virtio-net headers
+/// ([`crate::wire::FLAG_VNET_HDR`]); used when both ends offer it.
+pub const CAP_SUPERFRAMES: u32 = 2;
+
 /// What one side contributes to a handshake: fresh randomness from the caller's RNG and
 /// the capabilities its configuration asks for. Debug does not print the secret.
 #[derive(Clone)]

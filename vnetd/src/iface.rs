@@ -9,14 +9,16 @@ use tokio::task::JoinHandle;
 
 use crate::config::{IfaceKind, IfaceSpec, DEFAULT_MTU};
 use crate::daemon::Daemon;
+use crate::forward::DropReason;
 use crate::forward::PortStats;
+use crate::offload::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 use crate::sys;
 use crate::table::PortId;
 use crate::wire::DEFAULT_HOP_LIMIT;
 
-/// Largest frame read from a device (a 1500-byte MTU frame is 1514; leave room for jumbo
-/// MTUs up to 65000).
-const MAX_DEVICE_FRAME: usize = 65_535;
+/// Largest read from a device: a 64 KiB super-frame behind its virtio-net header (or a
+/// jumbo frame of an MTU up to 65000).
+const MAX_DEVICE_READ: usize = VIRTIO_NET_HDR_LEN + 65_535 + 64;
 
 /// Opens the device of an interface.
 pub fn open(spec: &IfaceSpec) -> std::io::Result<File> {
@@ -26,6 +28,7 @@ pub fn open(spec: &IfaceSpec) -> std::io::Result<File> {
             netns: spec.netns.clone(),
             mac: spec.mac,
             mtu: spec.mtu.unwrap_or(DEFAULT_MTU),
+            offload: spec.offload,
         }),
         IfaceKind::Attach => {
             if spec.netns.is_some() {
@@ -51,10 +54,11 @@ pub fn spawn_reader(
     name: String,
     port: PortId,
     device: Arc<File>,
+    vnet_hdr: bool,
     stats: Arc<PortStats>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        if let Err(e) = read_loop(&daemon, port, device, &stats).await {
+        if let Err(e) = read_loop(&daemon, port, device, vnet_hdr, &stats).await {
             tracing::error!(iface = %name, "interface stopped: {e}");
             daemon.iface_failed(&name, e.to_string());
         }
@@ -65,17 +69,28 @@ async fn read_loop(
     daemon: &Daemon,
     port: PortId,
     device: Arc<File>,
+    vnet_hdr: bool,
     stats: &PortStats,
 ) -> std::io::Result<()> {
     let fd = sys::async_device(device)?;
     let mut worker = daemon.datapath.worker();
-    let mut buf = vec![0u8; MAX_DEVICE_FRAME];
+    let mut buf = vec![0u8; MAX_DEVICE_READ];
     loop {
         let mut guard = fd.readable().await?;
         // Drain everything that is ready, then report once per batch.
         loop {
             match (&**guard.get_inner()).read(&mut buf) {
                 Ok(0) => return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "device closed")),
+                Ok(n) if vnet_hdr => match VirtioNetHdr::decode(&buf[..n]) {
+                    Ok(hdr) => {
+                        let frame = &buf[VIRTIO_NET_HDR_LEN..n];
+                        stats.rx(frame.len());
+                        daemon
+                            .datapath
+                            .forward_with(&mut worker, port, &hdr, frame, DEFAULT_HOP_LIMIT);
+                    }
+                    Err(_) => daemon.datapath.drops.add(DropReason::Runt),
+                },
                 Ok(n) => {
                     stats.rx(n);
                     daemon

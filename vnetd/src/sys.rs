@@ -15,6 +15,11 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+const TUN_F_TSO4: libc::c_ulong = 0x02;
+const TUN_F_TSO6: libc::c_ulong = 0x04;
 /// PACKET_IGNORE_OUTGOING (Linux 4.20): the packet socket does not see the frames it sends.
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 
@@ -61,6 +66,9 @@ pub struct TapParams {
     pub mac: Option<MacAddr>,
     /// MTU to set.
     pub mtu: u32,
+    /// Read and write frames behind a virtio-net header, with checksum and TCP
+    /// segmentation offload: the kernel hands over 64 KiB TCP super-frames.
+    pub offload: bool,
 }
 
 /// Creates (or re-attaches to) a persistent TAP device, sets its MAC and MTU, brings it up
@@ -93,9 +101,18 @@ fn open_tap_here(params: &TapParams) -> io::Result<File> {
     // SAFETY: fd is fresh and owned by nobody else.
     let tap = unsafe { File::from_raw_fd(fd) };
     let mut ifr = ifreq_for(&params.device)?;
-    ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI;
+    ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | if params.offload { IFF_VNET_HDR } else { 0 };
     // SAFETY: TUNSETIFF reads and writes an ifreq we own, on a tun fd.
     cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF, &mut ifr) })?;
+    // The offload mask is device-wide and persists: set it either way, so a device once
+    // opened with offloads never hands super-frames to a reader that cannot take them.
+    let offloads = if params.offload {
+        TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+    } else {
+        0
+    };
+    // SAFETY: TUNSETOFFLOAD takes an integer argument, on a tun fd we own.
+    cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETOFFLOAD, offloads) })?;
     // Persistent, so the VM keeps its NIC (and addresses) across a daemon restart.
     // SAFETY: TUNSETPERSIST takes an integer argument.
     cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) })?;

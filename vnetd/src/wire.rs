@@ -234,32 +234,55 @@ pub fn encode_message(
 /// session keys ([`crate::crypto`]); the header is the AEAD's associated data.
 pub const FLAG_SEALED: u8 = 1;
 
-/// Appends a sealed frame message to `out`: header (with [`FLAG_SEALED`] and the sealed
-/// length) authenticated as associated data, then the sealed frame.
-pub fn encode_sealed_frame(
-    sealer: &crate::crypto::Sealer,
+/// Flag bit: the (opened) payload starts with a virtio-net header
+/// ([`crate::offload::VirtioNetHdr`]): the frame may be a TSO super-frame with a partial
+/// checksum, carried whole between peers that negotiated it.
+pub const FLAG_VNET_HDR: u8 = 2;
+
+/// Appends a Frame message whose payload is `parts` one after the other, with `flags`
+/// (e.g. [`FLAG_VNET_HDR`]); with a `sealer`, the payload is sealed ([`FLAG_SEALED`]) and
+/// the header is its associated data.
+pub fn encode_frame(
+    sealer: Option<&crate::crypto::Sealer>,
     hop_limit: u8,
     session: u32,
-    frame: &[u8],
+    flags: u8,
+    parts: &[&[u8]],
     out: &mut Vec<u8>,
 ) -> Result<(), WireError> {
-    let len = frame.len() + crate::crypto::SEAL_OVERHEAD;
+    let plain: usize = parts.iter().map(|p| p.len()).sum();
+    let len = plain
+        + if sealer.is_some() {
+            crate::crypto::SEAL_OVERHEAD
+        } else {
+            0
+        };
     if len > MAX_PAYLOAD {
         return Err(WireError::TooLong(len));
     }
+    let flags = flags | if sealer.is_some() { FLAG_SEALED } else { 0 };
     let header = Header {
         kind: Kind::Frame,
         hop_limit,
-        flags: FLAG_SEALED,
+        flags,
         session,
         len: len as u32,
     }
     .encode();
+    out.reserve(HEADER_LEN + len);
     out.extend_from_slice(&header);
-    // Sealing fails only when the counter is exhausted; report it as an unsendable frame.
-    sealer
-        .seal(&header, frame, out)
-        .map_err(|_| WireError::TooLong(len))
+    match sealer {
+        // Sealing fails only when the counter is exhausted; report the frame unsendable.
+        Some(sealer) => sealer
+            .seal(&header, parts, out)
+            .map_err(|_| WireError::TooLong(len)),
+        None => {
+            for p in parts {
+                out.extend_from_slice(p);
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Opens a sealed frame message's payload into `frame`, checking it against its header.

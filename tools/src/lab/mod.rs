@@ -119,6 +119,9 @@ pub struct UpArgs {
     /// Encrypt every TCP or UDP link with per-session keys.
     #[arg(long)]
     pub encrypt: bool,
+    /// Open the VMs' TAPs without offloads (one frame per read, no TSO super-frames).
+    #[arg(long)]
+    pub no_offload: bool,
     /// The vnetd binary (default: `vnetd` next to this program).
     #[arg(long, env = "VNETD_BIN")]
     pub vnetd: Option<PathBuf>,
@@ -139,6 +142,7 @@ impl UpArgs {
             uplinks: Vec::new(),
             veth_vms: Vec::new(),
             encrypt: false,
+            no_offload: false,
             vnetd: None,
             json: false,
         }

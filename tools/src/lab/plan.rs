@@ -177,6 +177,8 @@ pub struct Plan {
     pub veth_vms: BTreeSet<usize>,
     /// Links seal their frames.
     pub encrypt: bool,
+    /// VM TAPs use offloads (TSO super-frames).
+    pub offload: bool,
     /// Shaped uplinks: host -> rate.
     pub uplinks: BTreeMap<usize, Uplink>,
     /// The lab's directory.
@@ -228,6 +230,7 @@ impl Plan {
             topology: opts.topology,
             veth_vms,
             encrypt: opts.encrypt,
+            offload: !opts.no_offload,
             uplinks,
             dir: root.join(&opts.name),
         })
@@ -364,6 +367,7 @@ impl Plan {
                 netns: None,
                 mac: None,
                 mtu: None,
+                offload: false,
             }
         } else {
             IfaceSpec {
@@ -373,6 +377,7 @@ impl Plan {
                 netns: Some(self.vm_ns(j)),
                 mac: Some(Self::vm_mac(j)),
                 mtu: Some(VM_MTU),
+                offload: self.offload,
             }
         }
     }

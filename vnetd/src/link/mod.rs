@@ -44,6 +44,31 @@ pub(crate) fn frame_payload<'a>(
     }
 }
 
+/// Forwards a frame received on a link, splitting off its virtio-net header when the
+/// message carries one ([`crate::wire::FLAG_VNET_HDR`]).
+pub(crate) fn deliver(
+    daemon: &crate::daemon::Daemon,
+    worker: &mut crate::datapath::Worker,
+    port: crate::table::PortId,
+    stats: &crate::forward::PortStats,
+    header: &crate::wire::Header,
+    payload: &[u8],
+) -> Result<(), crate::forward::DropReason> {
+    use crate::offload::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+    if header.flags & crate::wire::FLAG_VNET_HDR == 0 {
+        stats.rx(payload.len());
+        daemon.datapath.forward(worker, port, payload, header.hop_limit);
+        return Ok(());
+    }
+    let hdr = VirtioNetHdr::decode(payload).map_err(|_| crate::forward::DropReason::BadMessage)?;
+    let frame = &payload[VIRTIO_NET_HDR_LEN..];
+    stats.rx(frame.len());
+    daemon
+        .datapath
+        .forward_with(worker, port, &hdr, frame, header.hop_limit);
+    Ok(())
+}
+
 /// Updates a link's reported status.
 pub(crate) fn update(info: &Arc<Mutex<LinkInfo>>, f: impl FnOnce(&mut LinkInfo)) {
     f(&mut info.lock().unwrap_or_else(|p| p.into_inner()));

@@ -188,11 +188,24 @@ where
 
 /// The capabilities a link's configuration asks for in the handshake.
 pub(crate) fn link_caps(spec: &crate::config::LinkSpec) -> u32 {
-    if spec.encrypt && spec.proto != LinkProto::Quic {
+    let encrypt = if spec.encrypt && spec.proto != LinkProto::Quic {
         handshake::CAP_ENCRYPT
     } else {
         0
-    }
+    };
+    // A TCP stream carries 64 KiB messages as easily as small ones; datagram links
+    // segment super-frames to fit the underlay.
+    let superframes = if spec.proto == LinkProto::Tcp {
+        handshake::CAP_SUPERFRAMES
+    } else {
+        0
+    };
+    encrypt | superframes
+}
+
+/// Whether both ends of a session take super-frames.
+pub(crate) fn superframes(session: &Session) -> bool {
+    session.own_caps & session.peer_caps & handshake::CAP_SUPERFRAMES != 0
 }
 
 /// Why a responder with capabilities `ours` refuses a Hello asking for `theirs`.

@@ -18,8 +18,10 @@ use crate::daemon::{Daemon, LinkInfo};
 use crate::datapath::PortTx;
 use crate::forward::DropReason;
 use crate::handshake::Session;
-use crate::link::stream::{adopt_session, initiate, recv_into, redial, respond, session_crypto, LinkError};
-use crate::link::{frame_payload, idle_state, update};
+use crate::link::stream::{
+    adopt_session, initiate, recv_into, redial, respond, session_crypto, superframes, LinkError,
+};
+use crate::link::{deliver, frame_payload, idle_state, update};
 use crate::rule::Output;
 use crate::wire::{self, Kind};
 
@@ -116,7 +118,12 @@ async fn run_session(
     let (queue, rx) = mpsc::channel(SEND_QUEUE);
     let writer = tokio::spawn(write_loop(write, rx));
     let (sealer, opener) = session_crypto(&session).unzip();
-    let token = daemon.link_up(name, PortTx::Tcp { queue, sealer });
+    let tx = PortTx::Tcp {
+        queue,
+        sealer,
+        superframes: superframes(&session),
+    };
+    let token = daemon.link_up(name, tx);
     update(info, |i| {
         i.state = LinkState::Up;
         i.peer_node = Some(session.peer_node.clone());
@@ -163,10 +170,9 @@ async fn read_loop(
                         return LinkError::Transport("frame failed authentication".into());
                     }
                 };
-                stats.rx(frame.len());
-                daemon
-                    .datapath
-                    .forward(&mut worker, port, frame, header.hop_limit);
+                if let Err(reason) = deliver(daemon, &mut worker, port, &stats, &header, frame) {
+                    daemon.datapath.drops.add(reason);
+                }
                 if read.buffer().is_empty() {
                     daemon.datapath.report_cache(&mut worker);
                 }

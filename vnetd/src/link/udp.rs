@@ -25,7 +25,7 @@ use crate::datapath::{PortTx, Worker};
 use crate::forward::{DropReason, PortStats};
 use crate::handshake::{self, Initiator, Refused, Responder, Session};
 use crate::link::stream::{caps_mismatch, session_crypto};
-use crate::link::{frame_payload, idle_state, offer, update};
+use crate::link::{deliver, frame_payload, idle_state, offer, update};
 use crate::rule::Output;
 use crate::table::PortId;
 use crate::wire::{self, Header, Kind};
@@ -397,10 +397,16 @@ impl Task {
         if header.kind == Kind::Frame {
             match frame_payload(opener.as_mut(), &header, payload, &mut self.plain) {
                 Ok(frame) => {
-                    link.stats.rx(frame.len());
-                    self.daemon
-                        .datapath
-                        .forward(&mut self.worker, link.port, frame, header.hop_limit);
+                    if let Err(reason) = deliver(
+                        &self.daemon,
+                        &mut self.worker,
+                        link.port,
+                        &link.stats,
+                        &header,
+                        frame,
+                    ) {
+                        self.daemon.datapath.drops.add(reason);
+                    }
                 }
                 Err(reason) => self.daemon.datapath.drops.add(reason),
             }
