@@ -61,6 +61,10 @@ pub struct DaemonConfig {
     /// Unix control socket path.
     #[serde(default = "default_control")]
     pub control: PathBuf,
+    /// MTU of the underlay between daemons (default 1500): UDP links cut TCP traffic into
+    /// frames that fit one underlay packet.
+    #[serde(default = "default_link_mtu")]
+    pub link_mtu: u32,
     /// Address the QUIC listener binds (a UDP port other than `listen`'s); without it,
     /// QUIC links can dial out but not wait for peers.
     #[serde(default)]
@@ -245,6 +249,9 @@ pub enum ConfigError {
     /// An MTU outside what Ethernet over the overlay can carry.
     #[error("interface `{0}`: MTU {1} is outside 68..=65000")]
     BadMtu(String, u32),
+    /// The underlay MTU is outside what IP allows.
+    #[error("link_mtu {0} is outside 576..=65535")]
+    BadLinkMtu(u32),
     /// A QUIC link waits for its peer but the daemon has no QUIC listener.
     #[error("link `{0}` waits for a QUIC peer, but quic_listen is not set")]
     QuicWithoutListen(String),
@@ -383,6 +390,9 @@ impl DaemonConfig {
         if self.control_tcp.is_some() && self.control_token_file.is_none() {
             return Err(ConfigError::TcpControlWithoutToken);
         }
+        if !(576..=65535).contains(&self.link_mtu) {
+            return Err(ConfigError::BadLinkMtu(self.link_mtu));
+        }
         if self.quic_listen.is_none() {
             if let Some(l) = self
                 .topology
@@ -401,6 +411,10 @@ impl DaemonConfig {
         }
         self.topology.validate()
     }
+}
+
+fn default_link_mtu() -> u32 {
+    1500
 }
 
 fn default_offload() -> bool {

@@ -34,6 +34,9 @@ pub struct Identity {
     pub listen: SocketAddr,
     /// State file, if any.
     pub state_file: Option<PathBuf>,
+    /// MTU of the underlay path links cross: UDP links segment TCP super-frames so each
+    /// frame fits one packet.
+    pub link_mtu: u32,
 }
 
 /// What a link's tasks report about it.

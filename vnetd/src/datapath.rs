@@ -49,6 +49,9 @@ pub enum PortTx {
         session: u32,
         /// Seals frames when the link encrypts.
         sealer: Option<Arc<Sealer>>,
+        /// Largest Ethernet frame that fits one underlay packet (link MTU minus the
+        /// encapsulation); TCP super-frames are segmented to fit.
+        max_frame: usize,
     },
     /// A TCP link session: encoded messages go to its writer task.
     Tcp {
@@ -290,8 +293,13 @@ fn send(
         offload::complete_checksum(seg, hdr).map_err(|_| DropReason::Offload)?;
         return send_one(port, None, seg, hops, msg);
     }
+    let max_frame = match &port.tx {
+        PortTx::Udp { max_frame, .. } => *max_frame,
+        PortTx::Quic(tx) => tx.max_frame(),
+        _ => usize::MAX,
+    };
     let mut result = Ok(());
-    offload::segment(frame, hdr, seg, |s| {
+    offload::segment(frame, hdr, max_frame, seg, |s| {
         if let Err(e) = send_one(port, None, s, hops, msg) {
             result = Err(e);
         }
@@ -332,6 +340,7 @@ fn send_one(
             peer,
             session,
             sealer,
+            ..
         } => {
             msg.clear();
             wire::encode_frame(sealer.as_deref(), hops, *session, flags, &parts, msg)

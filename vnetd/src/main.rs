@@ -147,6 +147,7 @@ async fn run(config: DaemonConfig, vttif: bool) -> Result<()> {
         key,
         listen: config.listen,
         state_file: config.state_file.clone(),
+        link_mtu: config.link_mtu,
     };
     let quic = quic::Endpoint::bind(config.quic_listen).with_context(|| match config.quic_listen {
         Some(addr) => format!("cannot bind QUIC port {addr}"),

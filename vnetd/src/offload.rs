@@ -208,11 +208,16 @@ fn layout(frame: &[u8], hdr: &VirtioNetHdr) -> Result<Layout, OffloadError> {
 
 /// Splits a super-frame into ordinary frames, calling `emit` with each one (built in
 /// `scratch`, which is reused). Each segment carries at most `gso_size` payload bytes,
+/// and a TCP segment also at most what keeps the whole frame within `max_frame` bytes
+/// (so that a link with a smaller MTU than the VM's never needs IP fragmentation; TCP
+/// takes segments below the MSS, while UDP datagram boundaries are the application's and
+/// are kept),
 /// fixed IP length and id (IPv4: id + i), TCP sequence number, flags (FIN and PSH only on
 /// the last, CWR only on the first) and complete IP and L4 checksums.
 pub fn segment(
     frame: &[u8],
     hdr: &VirtioNetHdr,
+    max_frame: usize,
     scratch: &mut Vec<u8>,
     mut emit: impl FnMut(&[u8]),
 ) -> Result<usize, OffloadError> {
@@ -222,7 +227,10 @@ pub fn segment(
     let lay = layout(frame, hdr)?;
     let hlen = lay.l4 + lay.l4_hlen;
     let payload = &frame[hlen..];
-    let mss = usize::from(hdr.gso_size);
+    let mss = match max_frame.checked_sub(hlen).filter(|room| !lay.udp && *room > 0) {
+        Some(room) => room.min(usize::from(hdr.gso_size)),
+        None => usize::from(hdr.gso_size),
+    };
     let count = payload.len().div_ceil(mss).max(1);
     let seq0 = if lay.udp {
         0
@@ -431,22 +439,22 @@ mod tests {
         let mut s = Vec::new();
         h.gso_size = 0;
         assert_eq!(
-            segment(&f, &h, &mut s, |_| {}),
+            segment(&f, &h, usize::MAX, &mut s, |_| {}),
             Err(OffloadError::ZeroSegmentSize)
         );
         h.gso_size = 10;
         h.gso_type = 3;
         assert_eq!(
-            segment(&f, &h, &mut s, |_| {}),
+            segment(&f, &h, usize::MAX, &mut s, |_| {}),
             Err(OffloadError::UnsupportedGso(3))
         );
         h.gso_type = GSO_TCPV6;
         assert!(matches!(
-            segment(&f, &h, &mut s, |_| {}),
+            segment(&f, &h, usize::MAX, &mut s, |_| {}),
             Err(OffloadError::BadNetworkHeader(_))
         ));
         h.gso_type = GSO_TCPV4;
-        assert!(segment(&f[..40], &h, &mut s, |_| {}).is_err());
+        assert!(segment(&f[..40], &h, usize::MAX, &mut s, |_| {}).is_err());
     }
 
     proptest! {
@@ -458,18 +466,29 @@ mod tests {
             payload in proptest::collection::vec(any::<u8>(), 1..6000),
             mss in 1u16..1500,
             fin in any::<bool>(),
+            max_frame in prop_oneof![Just(usize::MAX), 1usize..1600],
         ) {
             let flags = 0x10 | 0x08 | 0x80 | if fin { TCP_FIN } else { 0 };
             let f = super_frame(ipv6, udp, vlan, &payload, if udp { 0 } else { flags });
             let h = hdr_for(ipv6, udp, vlan, mss);
+            let hlen = f.len() - payload.len();
+            // TCP segments shrink to fit max_frame when it leaves room for data; UDP
+            // datagrams keep the sender's size.
+            let seg_size = match max_frame.checked_sub(hlen) {
+                Some(room) if room > 0 && !udp => room.min(usize::from(mss)),
+                _ => usize::from(mss),
+            };
             let mut segs = Vec::new();
-            let n = segment(&f, &h, &mut Vec::new(), |s| segs.push(s.to_vec())).unwrap();
+            let n = segment(&f, &h, max_frame, &mut Vec::new(), |s| segs.push(s.to_vec())).unwrap();
             prop_assert_eq!(n, segs.len());
-            prop_assert_eq!(n, payload.len().div_ceil(usize::from(mss)));
+            prop_assert_eq!(n, payload.len().div_ceil(seg_size));
             let mut joined = Vec::new();
             for (i, s) in segs.iter().enumerate() {
                 let (seq, data, fl) = check_segment(s, ipv6, udp, vlan);
-                prop_assert!(data.len() <= usize::from(mss));
+                prop_assert!(data.len() <= seg_size);
+                if seg_size < usize::from(mss) {
+                    prop_assert!(s.len() <= max_frame, "{} > {}", s.len(), max_frame);
+                }
                 if !udp {
                     prop_assert_eq!(seq, 0xffff_fff0u32.wrapping_add(joined.len() as u32));
                     let last = i + 1 == n;
@@ -492,7 +511,7 @@ mod tests {
             hdr in proptest::collection::vec(any::<u8>(), 10),
         ) {
             let h = VirtioNetHdr::decode(&hdr).unwrap();
-            let _ = segment(&frame, &h, &mut Vec::new(), |_| {});
+            let _ = segment(&frame, &h, usize::MAX, &mut Vec::new(), |_| {});
             let mut f = frame.clone();
             let _ = complete_checksum(&mut f, &h);
         }

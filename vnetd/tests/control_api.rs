@@ -47,6 +47,7 @@ fn start(name: &str) -> Running {
             key: NetworkKey::from_bytes([9; 32]),
             listen: udp.socket.local_addr().unwrap(),
             state_file: Some(state),
+            link_mtu: 1500,
         };
         let quic = vnetd::link::quic::Endpoint::bind(None).unwrap();
         let daemon: Arc<Daemon> = Daemon::new(identity, udp, quic);

@@ -469,6 +469,8 @@ impl Plan {
             key_file: self.key_file(),
             listen: Self::host_listen(i),
             quic_listen: (self.proto == LinkProto::Quic).then(|| Self::host_quic_listen(i)),
+            // The lab's veth underlay has the default MTU.
+            link_mtu: 1500,
             control: self.control_path(i),
             control_tcp: None,
             control_token_file: None,

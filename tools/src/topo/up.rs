@@ -91,6 +91,7 @@ fn daemon_config(h: &Host, topology: Topology, dir: &Path) -> DaemonConfig {
         key_file: h.key_file.clone().unwrap_or_else(|| "/etc/vnet/key".into()),
         listen: SocketAddr::new(ip, h.port),
         quic_listen: quic.then(|| SocketAddr::new(ip, h.port + 1)),
+        link_mtu: 1500,
         control,
         control_tcp,
         control_token_file,

@@ -60,6 +60,12 @@ pub struct QuicTx {
 }
 
 impl QuicTx {
+    /// Largest frame that fits one datagram whole (larger ones are fragmented).
+    pub fn max_frame(&self) -> usize {
+        let limit = self.conn.max_datagram_size().unwrap_or(0);
+        limit.saturating_sub(1 + fragment::FRAGMENT_HEADER_LEN)
+    }
+
     /// Sends one frame as one or more datagrams.
     pub fn send(&self, frame: &[u8], hops: u8) -> Result<(), DropReason> {
         let limit = self.conn.max_datagram_size().ok_or(DropReason::TooLarge)?;

@@ -576,11 +576,21 @@ impl Task {
         };
         let (session, peer_node) = (s.id, s.peer_node.as_str());
         let (sealer, opener) = session_crypto(s).unzip();
+        // One underlay packet per frame: link MTU minus IP, UDP, link header and seal.
+        let ip = if addr.is_ipv6() { 40 } else { 20 };
+        let seal = if sealer.is_some() {
+            crate::crypto::SEAL_OVERHEAD
+        } else {
+            0
+        };
+        let overhead = ip + 8 + wire::HEADER_LEN + seal;
+        let max_frame = (self.daemon.identity.link_mtu as usize).saturating_sub(overhead);
         let tx = PortTx::Udp {
             socket: self.socket.clone(),
             peer: addr,
             session,
             sealer,
+            max_frame,
         };
         // Installing the new send side replaces the old session's, if any.
         let token = self.daemon.link_up(name, tx);
