@@ -18,8 +18,6 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use vttif::{Edge, Shape, Topology};
 
-use crate::vttif::load_lab;
-
 /// How long a rank waits for its neighbours to come up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -107,7 +105,7 @@ impl Plan {
     fn new(args: &PatternsArgs) -> Result<Plan> {
         let (mut names, mut addrs) = match &args.lab {
             Some(lab) => {
-                let info = load_lab(lab)?;
+                let info = crate::lab::info(lab)?;
                 (
                     info.vms.iter().map(|v| v.name.clone()).collect::<Vec<_>>(),
                     info.vms.iter().map(|v| v.ip).collect::<Vec<_>>(),
@@ -220,7 +218,7 @@ fn launch(args: &PatternsArgs, plan: &Plan) -> Result<()> {
     let Some(lab) = &args.lab else {
         bail!("without --lab, start each rank yourself with --rank");
     };
-    let info = load_lab(lab)?;
+    let info = crate::lab::info(lab)?;
     let exe = std::env::current_exe().context("cannot find the vnet binary")?;
     let mut children = Vec::new();
     for rank in 0..plan.addrs.len() {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -17,10 +17,6 @@ use vnetd::control::proto::{Request, Response};
 use vttif::{Aggregator, Params, Topology, View};
 
 use crate::control::Target;
-use crate::lab::LabInfo;
-
-/// Where `vnet lab` keeps each lab's `lab.json`.
-const LAB_ROOT: &str = "/run/vnet-lab";
 
 /// `vnet vttif ...`.
 #[derive(clap::Args, Debug)]
@@ -91,14 +87,6 @@ struct Output<'a> {
     view: &'a View,
 }
 
-/// Reads `lab.json` of lab `name`.
-pub fn load_lab(name: &str) -> Result<LabInfo> {
-    let path = Path::new(LAB_ROOT).join(name).join("lab.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {} (is lab `{name}` up?)", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a lab description", path.display()))
-}
-
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u128 {
     SystemTime::now()
@@ -136,7 +124,7 @@ impl Daemon {
 pub fn run(target: &Target, args: VttifArgs) -> Result<()> {
     let (sockets, names) = match &args.lab {
         Some(lab) => {
-            let info = load_lab(lab)?;
+            let info = crate::lab::info(lab)?;
             let names: HashMap<String, String> = info
                 .vms
                 .iter()

@@ -12,14 +12,6 @@ use vadapt::{
 
 use crate::Deadline;
 
-const PATTERNS: [Pattern; 5] = [
-    Pattern::AllToAll,
-    Pattern::Ring,
-    Pattern::Mesh,
-    Pattern::Tree,
-    Pattern::Random,
-];
-
 /// Ratio statistics of one heuristic against the optimum.
 #[derive(Debug, Default)]
 struct Quality {
@@ -74,7 +66,7 @@ fn quality(instances: u64, moves: u64, seed: u64) -> Result<()> {
         let config = GenConfig {
             hosts: 3 + (i % 3) as usize,
             vms: 4 + (i % 4) as usize,
-            pattern: PATTERNS[(i / 3 % 5) as usize],
+            pattern: Pattern::ALL[(i / 3 % 5) as usize],
             ..GenConfig::default()
         };
         let problem = Problem::new(&generate(&config, seed + i))?;

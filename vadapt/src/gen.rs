@@ -30,6 +30,17 @@ pub enum Pattern {
     Random,
 }
 
+impl Pattern {
+    /// Every pattern, for sweeps.
+    pub const ALL: [Pattern; 5] = [
+        Pattern::AllToAll,
+        Pattern::Ring,
+        Pattern::Mesh,
+        Pattern::Tree,
+        Pattern::Random,
+    ];
+}
+
 /// A pattern name that [`Pattern::from_str`] does not know.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[error("unknown pattern {0:?} (expected all-to-all, ring, mesh, tree or random)")]

@@ -7,14 +7,6 @@ use vadapt::{
     Solution,
 };
 
-const PATTERNS: [Pattern; 5] = [
-    Pattern::AllToAll,
-    Pattern::Ring,
-    Pattern::Mesh,
-    Pattern::Tree,
-    Pattern::Random,
-];
-
 /// The best feasible objective over every placement and every choice of simple paths,
 /// with no pruning at all: the definition the exact solver must meet.
 fn brute_force(problem: &Problem) -> Option<f64> {
@@ -90,7 +82,7 @@ proptest! {
         vms in 2usize..=4,
         p in 0usize..5,
     ) {
-        let problem = tiny(seed, hosts, vms, PATTERNS[p]);
+        let problem = tiny(seed, hosts, vms, Pattern::ALL[p]);
         let brute = brute_force(&problem);
         let found = exact(&problem, DEFAULT_MAX_NODES).expect("small enough");
         match (brute, found) {
@@ -112,7 +104,7 @@ proptest! {
         vms in 3usize..=6,
         p in 0usize..5,
     ) {
-        let problem = tiny(seed, hosts, vms, PATTERNS[p]);
+        let problem = tiny(seed, hosts, vms, Pattern::ALL[p]);
         let optimum = exact(&problem, DEFAULT_MAX_NODES)
             .expect("small enough")
             .map(|s| evaluate(&problem, &s).objective);

@@ -278,6 +278,14 @@ pub fn up(opts: &UpArgs) -> Result<LabInfo> {
     }
 }
 
+/// Lab `name` as `vnet lab up` described it (its lab.json).
+pub fn info(name: &str) -> Result<LabInfo> {
+    let path = lab_dir(name).join("lab.json");
+    let text = fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {} (is lab `{name}` up?)", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a lab description", path.display()))
+}
+
 /// Tears lab `name` down: stops its vnetds, kills what is left in its namespaces, deletes
 /// them and its directory. Succeeds when there is no such lab.
 pub fn down(name: &str) -> Result<()> {

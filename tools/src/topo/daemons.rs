@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -14,10 +14,8 @@ use vnetd::config::Topology;
 use vnetd::control::client::Client;
 use vnetd::control::proto::{LinkState, LinkStatus, Request, Response};
 
-use crate::lab::{LabInfo, LINK_PORT};
+use crate::lab::LINK_PORT;
 
-/// Where `vnet lab` keeps its labs.
-const LAB_ROOT: &str = "/run/vnet-lab";
 /// Poll interval while waiting for links.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -43,17 +41,9 @@ pub struct Fleet {
     bounds: RefCell<BTreeMap<String, Option<u64>>>,
 }
 
-/// Lab `name`'s lab.json.
-pub fn lab_info(name: &str) -> Result<LabInfo> {
-    let path = Path::new(LAB_ROOT).join(name).join("lab.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (is lab `{name}` up?)", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
 /// The hosts of lab `name`, as the language sees them.
 pub fn lab_hosts(name: &str) -> Result<Vec<Host>> {
-    let info = lab_info(name)?;
+    let info = crate::lab::info(name)?;
     Ok(info
         .hosts
         .into_iter()

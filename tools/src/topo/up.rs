@@ -25,7 +25,7 @@ use lang::{Host, Overlay};
 use vnetd::config::{DaemonConfig, Topology};
 use vnetd::control::proto::Request;
 
-use super::daemons::{connect, lab_info, Daemons};
+use super::daemons::{connect, Daemons};
 
 /// Options of `vnet up`.
 #[derive(clap::Args, Debug)]
@@ -142,7 +142,7 @@ fn start(args: &UpArgs, h: &Host, topology: Topology) -> Result<()> {
     match place(h, args.lab.is_some()) {
         Place::Lab => {
             let lab = args.lab.as_deref().unwrap_or_default();
-            let info = lab_info(lab)?;
+            let info = crate::lab::info(lab)?;
             let Some(hi) = info.hosts.iter().find(|x| x.name == h.machine) else {
                 bail!("lab `{lab}` has no host `{}`", h.machine);
             };
