@@ -298,6 +298,27 @@ fn send(
         PortTx::Quic(tx) => tx.max_frame(),
         _ => usize::MAX,
     };
+    if let PortTx::Udp {
+        socket,
+        peer,
+        session,
+        sealer,
+        ..
+    } = &port.tx
+    {
+        return send_udp_batched(
+            socket,
+            *peer,
+            *session,
+            sealer.as_deref(),
+            hdr,
+            frame,
+            max_frame,
+            hops,
+            msg,
+            seg,
+        );
+    }
     let mut result = Ok(());
     offload::segment(frame, hdr, max_frame, seg, |s| {
         if let Err(e) = send_one(port, None, s, hops, msg) {
@@ -306,6 +327,89 @@ fn send(
     })
     .map_err(|_| DropReason::Offload)?;
     result
+}
+
+/// Most datagrams one UDP_SEGMENT send may carry, and most bytes (IPv4's limit).
+const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// Sends the segments of a super-frame over a UDP link as equal-sized datagrams gathered
+/// into UDP_SEGMENT sends (one syscall for up to 64 datagrams); where the kernel refuses
+/// GSO, datagram by datagram.
+#[allow(clippy::too_many_arguments)]
+fn send_udp_batched(
+    socket: &tokio::net::UdpSocket,
+    peer: SocketAddr,
+    session: u32,
+    sealer: Option<&Sealer>,
+    hdr: &VirtioNetHdr,
+    frame: &[u8],
+    max_frame: usize,
+    hops: u8,
+    batch: &mut Vec<u8>,
+    seg: &mut Vec<u8>,
+) -> Result<(), DropReason> {
+    batch.clear();
+    let (mut size, mut count, mut result) = (0usize, 0usize, Ok(()));
+    let mut flush = |batch: &mut Vec<u8>, size: usize| {
+        if let Err(e) = send_gso_batch(socket, peer, batch, size) {
+            result = Err(e);
+        }
+        batch.clear();
+    };
+    offload::segment(frame, hdr, max_frame, seg, |s| {
+        let start = batch.len();
+        if wire::encode_frame(sealer, hops, session, 0, &[s], batch).is_err() {
+            batch.truncate(start);
+            return;
+        }
+        let len = batch.len() - start;
+        if count == 0 {
+            size = len;
+        }
+        count += 1;
+        // A shorter datagram may only end a GSO send; so may the limits.
+        if len != size || count == GSO_MAX_SEGMENTS || batch.len() + size > GSO_MAX_BYTES {
+            flush(batch, size);
+            count = 0;
+        }
+    })
+    .map_err(|_| DropReason::Offload)?;
+    if !batch.is_empty() {
+        flush(batch, size);
+    }
+    result
+}
+
+fn send_gso_batch(
+    socket: &tokio::net::UdpSocket,
+    peer: SocketAddr,
+    batch: &[u8],
+    size: usize,
+) -> Result<(), DropReason> {
+    let udp_error = |e: std::io::Error| match e.kind() {
+        ErrorKind::WouldBlock => DropReason::QueueFull,
+        _ if e.raw_os_error() == Some(libc::EMSGSIZE) => DropReason::TooLarge,
+        _ => DropReason::SendError,
+    };
+    if batch.len() <= size {
+        return socket.try_send_to(batch, peer).map(drop).map_err(udp_error);
+    }
+    match crate::sys::send_udp_gso(socket, batch, size as u16, peer) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+            ) =>
+        {
+            for d in batch.chunks(size) {
+                socket.try_send_to(d, peer).map_err(udp_error)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(udp_error(e)),
+    }
 }
 
 /// Sends one frame, behind its virtio-net header when `hdr` is given.

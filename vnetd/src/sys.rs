@@ -273,3 +273,73 @@ pub fn grow_socket_buffers(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// UDP_SEGMENT (Linux 4.18): the kernel cuts one send into datagrams of this size.
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Sends `buf` to `to` as datagrams of `segment` bytes each (the last may be shorter) in
+/// one `sendmsg` with UDP generic segmentation offload. Fails with EIO or EINVAL where the
+/// kernel or device cannot; the caller then sends the datagrams one by one.
+pub fn send_udp_gso(
+    socket: &impl AsRawFd,
+    buf: &[u8],
+    segment: u16,
+    to: std::net::SocketAddr,
+) -> io::Result<usize> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let addr_len = match to {
+        std::net::SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_in fits in sockaddr_storage and is plain data.
+            let a = unsafe { &mut *(&mut addr as *mut libc::sockaddr_storage as *mut libc::sockaddr_in) };
+            a.sin_family = libc::AF_INET as libc::sa_family_t;
+            a.sin_port = v4.port().to_be();
+            a.sin_addr = libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(v6) => {
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage and is plain data.
+            let a = unsafe { &mut *(&mut addr as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6) };
+            a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            a.sin6_port = v6.port().to_be();
+            a.sin6_addr = libc::in6_addr {
+                s6_addr: v6.ip().octets(),
+            };
+            a.sin6_scope_id = v6.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // Room for one cmsg carrying a u16, aligned as the kernel expects.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = &mut addr as *mut libc::sockaddr_storage as *mut libc::c_void;
+    msg.msg_namelen = addr_len as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    // SAFETY: CMSG_SPACE only computes a size.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as _;
+    // SAFETY: msg_control points to `control`, large enough for one cmsg with a u16
+    // (CMSG_SPACE(2) = 24 bytes <= 32), so CMSG_FIRSTHDR is non-null and in bounds.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment);
+    }
+    // SAFETY: every pointer in msg refers to live locals or to `buf`, valid for the call.
+    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
