@@ -343,3 +343,77 @@ pub fn send_udp_gso(
         Ok(sent as usize)
     }
 }
+
+/// UDP_GRO (Linux 5.0): the kernel may hand several datagrams of one flow to one receive,
+/// telling their size in a control message.
+const UDP_GRO: libc::c_int = 104;
+
+/// Asks the kernel to coalesce received datagrams (UDP_GRO). Best effort.
+pub fn enable_udp_gro(socket: &impl AsRawFd) -> io::Result<()> {
+    setsockopt(socket.as_raw_fd(), libc::SOL_UDP, UDP_GRO, &1 as &libc::c_int)
+}
+
+/// Receives into `buf` without blocking: the byte count, the sender, and, when the kernel
+/// coalesced several datagrams (UDP_GRO), their size (all equal but the last).
+pub fn recv_udp_gro(
+    socket: &impl AsRawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, std::net::SocketAddr, Option<usize>)> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = &mut addr as *mut libc::sockaddr_storage as *mut libc::c_void;
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: every pointer in msg refers to live locals or to `buf`, valid for the call.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut segment = None;
+    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR/NXTHDR walk it
+    // within those bounds and return null at the end.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
+                segment = usize::try_from(size).ok().filter(|s| *s > 0);
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    let from = match addr.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in for an AF_INET sender.
+            let a = unsafe { &*(&addr as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
+            std::net::SocketAddr::from((a.sin_addr.s_addr.to_ne_bytes(), u16::from_be(a.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 for an AF_INET6 sender.
+            let a = unsafe { &*(&addr as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
+            std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+                a.sin6_addr.s6_addr.into(),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            ))
+        }
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "datagram from an unknown address family",
+            ))
+        }
+    };
+    Ok((n as usize, from, segment))
+}

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -105,6 +106,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(Handle, Commands)> {
     if let Err(e) = crate::sys::grow_socket_buffers(&socket, SOCKET_BUFFER) {
         tracing::warn!("cannot grow the UDP link socket's buffers: {e}");
     }
+    // Coalesced receives cut syscalls per datagram; without them, one datagram per recv.
+    if let Err(e) = crate::sys::enable_udp_gro(&socket) {
+        tracing::info!("UDP_GRO unavailable, receiving datagram by datagram: {e}");
+    }
     let socket = Arc::new(socket);
     let (tx, rx) = mpsc::unbounded_channel();
     Ok((Handle { socket, commands: tx }, Commands(rx)))
@@ -190,18 +195,27 @@ pub fn spawn(daemon: Arc<Daemon>, commands: Commands) -> JoinHandle<()> {
         let mut buf = vec![0u8; 65_536];
         loop {
             tokio::select! {
-                r = socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => {
-                        task.on_datagram(&buf[..n], from, Instant::now());
-                        // Drain what else is queued before looking at timers again.
-                        while let Ok((n, from)) = socket.try_recv_from(&mut buf) {
-                            task.on_datagram(&buf[..n], from, Instant::now());
+                r = socket.readable() => match r {
+                    Ok(()) => {
+                        // Drain what is queued (each receive maybe several coalesced
+                        // datagrams) before looking at timers again.
+                        loop {
+                            let got = socket.try_io(Interest::READABLE, || crate::sys::recv_udp_gro(&*socket, &mut buf));
+                            match got {
+                                Ok((n, from, segment)) => {
+                                    let now = Instant::now();
+                                    for d in buf[..n].chunks(segment.unwrap_or(n).max(1)) {
+                                        task.on_datagram(d, from, now);
+                                    }
+                                }
+                                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                                // ICMP errors surface as ECONNREFUSED on Linux; not fatal.
+                                Err(e) => tracing::debug!("udp recv: {e}"),
+                            }
                         }
                         task.daemon.datapath.report_cache(&mut task.worker);
                     }
-                    // ICMP errors surface as ECONNREFUSED on Linux; they are not fatal.
-                    Err(e) if e.kind() != ErrorKind::WouldBlock => tracing::debug!("udp recv: {e}"),
-                    Err(_) => {}
+                    Err(e) => tracing::debug!("udp readiness: {e}"),
                 },
                 c = commands.recv() => match c {
                     Some(c) => task.on_command(c, Instant::now()),
