@@ -3,7 +3,7 @@
 //!
 //! Workers (one per interface reader and link reader) read both snapshots without locks
 //! (`arc-swap`); the control plane publishes new ones on every change. Each worker owns a
-//! [`Forwarder`] (its lookup cache), a scratch buffer and a VTTIF recorder, so forwarding
+//! [`Forwarder`] (its lookup cache), reusable buffers and a VTTIF recorder, so forwarding
 //! allocates nothing per frame except on TCP links, whose writer task takes owned messages.
 //!
 //! VTTIF accounting: every forwarded frame that came from a local interface is recorded
