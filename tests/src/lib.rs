@@ -41,35 +41,17 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long links may take to come up after a lab is built.
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The link message kinds of the wire header (`vnetd::wire::Kind`), for hand-made
-/// messages.
-pub mod wire_kind {
-    /// An Ethernet frame.
-    pub const FRAME: u8 = 1;
-    /// Handshake: initiator's Hello.
-    pub const HELLO: u8 = 2;
-    /// Handshake: responder's Challenge.
-    pub const CHALLENGE: u8 = 3;
-    /// Handshake: initiator's Proof.
-    pub const PROOF: u8 = 4;
-    /// Handshake: responder's Welcome.
-    pub const WELCOME: u8 = 5;
-    /// Keepalive.
-    pub const KEEPALIVE: u8 = 6;
-    /// Session reset.
-    pub const RESET: u8 = 7;
-    /// Handshake refused.
-    pub const REFUSED: u8 = 8;
-}
-
-/// A well-formed 16-byte link header (magic `VN`, version 1) announcing `len` payload
-/// bytes, whether or not they follow.
-pub fn wire_header(kind: u8, session: u32, len: u32) -> [u8; 16] {
-    let mut h = [0u8; 16];
-    h[..4].copy_from_slice(&[b'V', b'N', 1, kind]);
-    h[8..12].copy_from_slice(&session.to_be_bytes());
-    h[12..].copy_from_slice(&len.to_be_bytes());
-    h
+/// A well-formed 16-byte link header (vnetd's own encoding) announcing `len` payload
+/// bytes, whether or not they follow: hand-made messages for hostile-peer tests.
+pub fn wire_header(kind: vnetd::wire::Kind, session: u32, len: u32) -> [u8; 16] {
+    vnetd::wire::Header {
+        kind,
+        hop_limit: 0,
+        flags: 0,
+        session,
+        len,
+    }
+    .encode()
 }
 
 /// `n` bytes from the kernel's CSPRNG.

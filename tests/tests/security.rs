@@ -8,7 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vnet_e2e::{kill, pid_alive, random_bytes, root_or_skip, wait_for, wire_header, wire_kind, Lab};
+use vnet_e2e::{kill, pid_alive, random_bytes, root_or_skip, wait_for, wire_header, Lab};
+use vnetd::wire::Kind;
 
 /// 64 random hex digits: a network key nobody in the lab has.
 fn random_key() -> String {
@@ -111,7 +112,7 @@ fn rogue_cannot_join(lab: &mut Lab, proto: &str, proxy_port: u16) {
     if proto == "tcp" {
         let report = lab.probe(&netns, &["forge", &proxy, "h0-h1", "rogue"], &[]);
         assert!(
-            report.contains(&format!("reply_to_proof={}", wire_kind::REFUSED)),
+            report.contains(&format!("reply_to_proof={}", Kind::Refused.to_byte())),
             "the proxy did not refuse a forged proof: {report}"
         );
         wait_for(
@@ -144,17 +145,13 @@ fn tcp_garbage() -> Vec<(&'static str, Vec<u8>)> {
     let mut junk = random_bytes(64 * 1024);
     junk[0] = 0; // not the magic, whatever the dice say
     let huge = [
-        wire_header(wire_kind::FRAME, 0, u32::MAX).as_slice(),
+        wire_header(Kind::Frame, 0, u32::MAX).as_slice(),
         &random_bytes(1024),
     ]
     .concat();
-    let short = [
-        wire_header(wire_kind::HELLO, 0, 1000).as_slice(),
-        &random_bytes(10),
-    ]
-    .concat();
+    let short = [wire_header(Kind::Hello, 0, 1000).as_slice(), &random_bytes(10)].concat();
     // 0xff... is a name length no Hello can have.
-    let bad_hello = [wire_header(wire_kind::HELLO, 0, 100).as_slice(), &[0xff; 100]].concat();
+    let bad_hello = [wire_header(Kind::Hello, 0, 100).as_slice(), &[0xff; 100]].concat();
     vec![
         ("random bytes", junk),
         ("a header announcing 4 GiB", huge),
@@ -179,29 +176,23 @@ fn udp_garbage() -> Vec<u8> {
         let payload = random_bytes(60 + i as usize * 20);
         datagrams.push(
             [
-                wire_header(wire_kind::FRAME, session(i), payload.len() as u32).as_slice(),
+                wire_header(Kind::Frame, session(i), payload.len() as u32).as_slice(),
                 &payload,
             ]
             .concat(),
         );
-        datagrams.push(wire_header(wire_kind::KEEPALIVE, session(i), 0).to_vec());
+        datagrams.push(wire_header(Kind::Keepalive, session(i), 0).to_vec());
     }
     for _ in 0..20 {
         datagrams.push(
             [
-                wire_header(wire_kind::FRAME, 7, u32::MAX).as_slice(),
+                wire_header(Kind::Frame, 7, u32::MAX).as_slice(),
                 &random_bytes(100),
             ]
             .concat(),
         );
-        datagrams.push(
-            [
-                wire_header(wire_kind::FRAME, 7, 50).as_slice(),
-                &random_bytes(100),
-            ]
-            .concat(),
-        );
-        for kind in wire_kind::HELLO..=wire_kind::REFUSED {
+        datagrams.push([wire_header(Kind::Frame, 7, 50).as_slice(), &random_bytes(100)].concat());
+        for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Frame) {
             let payload = random_bytes(40);
             datagrams.push(
                 [

@@ -20,7 +20,8 @@ use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use vnet_e2e::{random_bytes, wire_header, wire_kind};
+use vnet_e2e::{random_bytes, wire_header};
+use vnetd::wire::Kind;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -187,12 +188,12 @@ fn forge(addr: SocketAddr, link: &str, node: &str) -> Result<String, String> {
     };
     let (_, hello) = Initiator::new(NetworkKey::from_bytes(random32()), node, link, offer);
     let hello = handshake::encode_payload(&hello);
-    let mut msg = wire_header(wire_kind::HELLO, 0, hello.len() as u32).to_vec();
+    let mut msg = wire_header(Kind::Hello, 0, hello.len() as u32).to_vec();
     msg.extend_from_slice(&hello);
     s.write_all(&msg).map_err(|e| format!("sending Hello: {e}"))?;
 
     let (kind, _, payload) = read_message(&mut s)?;
-    if kind != wire_kind::CHALLENGE {
+    if kind != Kind::Challenge.to_byte() {
         return Ok(format!("reply_to_hello={kind}"));
     }
     let challenge = handshake::decode_challenge(&payload).map_err(|e| format!("challenge: {e}"))?;
@@ -200,7 +201,7 @@ fn forge(addr: SocketAddr, link: &str, node: &str) -> Result<String, String> {
 
     // Proof { proof }: 32 bytes nobody without the key can compute.
     let proof = handshake::encode_payload(&Proof { proof: random32() });
-    let mut msg = wire_header(wire_kind::PROOF, session, proof.len() as u32).to_vec();
+    let mut msg = wire_header(Kind::Proof, session, proof.len() as u32).to_vec();
     msg.extend_from_slice(&proof);
     s.write_all(&msg).map_err(|e| format!("sending Proof: {e}"))?;
     let reply = match read_message(&mut s) {
