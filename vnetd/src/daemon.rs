@@ -271,12 +271,22 @@ impl Daemon {
         }
         let old = std::mem::replace(&mut st.topology, next.clone());
         for i in &next.ifaces {
-            if old.ifaces.iter().any(|o| o == i) && st.ifaces.contains_key(&i.name) {
+            if old.ifaces.iter().any(|o| o == i) && st.ifaces.get(&i.name).is_some_and(|r| r.device.is_some())
+            {
                 continue;
             }
             self.stop_iface(&mut st, &i.name, false);
             if let Err(e) = self.start_iface(&mut st, i) {
                 tracing::error!(iface = %i.name, "cannot bring interface up: {e}");
+                // `vnet iface list` shows why.
+                st.ifaces.insert(
+                    i.name.clone(),
+                    IfaceRuntime {
+                        task: None,
+                        device: None,
+                        error: Some(e),
+                    },
+                );
             }
         }
         for l in &next.links {

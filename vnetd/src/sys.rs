@@ -103,7 +103,21 @@ fn open_tap_here(params: &TapParams) -> io::Result<File> {
     let mut ifr = ifreq_for(&params.device)?;
     ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | if params.offload { IFF_VNET_HDR } else { 0 };
     // SAFETY: TUNSETIFF reads and writes an ifreq we own, on a tun fd.
-    cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF, &mut ifr) })?;
+    cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF, &mut ifr) }).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            // An existing device of another kind (a TUN, a multi-queue TAP) of that name.
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "device `{}` exists and is not a single-queue TAP vnetd can open: delete it \
+                     (ip link del {}) or choose another device name",
+                    params.device, params.device
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
     // The offload mask is device-wide and persists: set it either way, so a device once
     // opened with offloads never hands super-frames to a reader that cannot take them.
     let offloads = if params.offload {
