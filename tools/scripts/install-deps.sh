@@ -12,6 +12,8 @@ command -v jq >/dev/null || need+=(jq)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v xxd >/dev/null || need+=(xxd)
 command -v tincd >/dev/null || need+=(tinc)
+# The lab's own tests run a fake vnetd written in Python.
+[ -x /usr/bin/python3 ] || need+=(python3)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -38,7 +38,11 @@ while True:
 
 fn fake_vnetd(kind: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    let path = std::env::temp_dir().join(format!("vnet-lab-fake-vnetd-{kind}-{}.py", std::process::id()));
+    // Tests run in parallel threads of one process and each deletes its script when done:
+    // every call needs its own file.
+    static SCRIPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SCRIPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("vnet-lab-fake-vnetd-{kind}-{}-{n}.py", std::process::id()));
     let reply = vnetd::control::proto::encode(&vnetd::control::proto::ResponseEnvelope {
         version: vnetd::control::proto::PROTOCOL_VERSION,
         result: Ok(vnetd::control::proto::Response::Links(Vec::new())),
