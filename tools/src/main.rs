@@ -1,15 +1,8 @@
 //! `vnet`: the command line of the vnet overlay: control a vnetd, run the lab, the demo
 //! and the benchmark.
 
-mod bench;
-mod control;
-mod demo;
-mod lab;
-mod patterns;
-mod topo;
-mod vttif;
-
 use clap::{Parser, Subcommand};
+use vnet_tools::{bench, control, demo, lab, patterns, topo, vttif};
 
 /// Control vnet daemons, build an emulated lab of hosts and VMs, run the demo.
 ///

@@ -42,7 +42,10 @@ fn fake_vnetd(kind: &str) -> PathBuf {
     // every call needs its own file.
     static SCRIPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = SCRIPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("vnet-lab-fake-vnetd-{kind}-{}-{n}.py", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "vnet-lab-fake-vnetd-{kind}-{}-{n}.py",
+        std::process::id()
+    ));
     let reply = vnetd::control::proto::encode(&vnetd::control::proto::ResponseEnvelope {
         version: vnetd::control::proto::PROTOCOL_VERSION,
         result: Ok(vnetd::control::proto::Response::Links(Vec::new())),
