@@ -1,5 +1,6 @@
 //! Fuzzes everything a link peer controls before it is authenticated: the link frame
-//! codec (as a UDP reader and as a TCP reader see it) and the handshake payload decoders.
+//! codec (as a UDP reader and as a TCP reader see it), the handshake payload decoders and
+//! the keepalive timestamp payload.
 //!
 //! Besides "never panics", it checks the properties the daemon relies on: decoded
 //! lengths are within bounds, a stream split in arbitrary chunks yields the same messages
@@ -11,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use vnetd::handshake::{
     decode_challenge, decode_hello, decode_proof, decode_refused, encode_payload,
 };
-use vnetd::wire::{decode_datagram, split_stream, Header, Kind, HEADER_LEN, MAX_PAYLOAD};
+use vnetd::wire::{decode_datagram, split_stream, Header, KeepaliveStamp, Kind, HEADER_LEN, MAX_PAYLOAD};
 
 fuzz_target!(|data: &[u8]| {
     datagram(data);
@@ -89,7 +90,8 @@ fn stream_chunked(data: &[u8], chunk: usize) -> (Vec<Message>, bool) {
     (out, false)
 }
 
-/// Handshake payload decoders: the one matching `kind`, or all of them when `None`.
+/// Handshake and keepalive payload decoders: the one matching `kind`, or all of them
+/// when `None`.
 /// Whatever decodes must survive a re-encode unchanged.
 fn payload(kind: Option<Kind>, p: &[u8]) {
     let all = kind.is_none();
@@ -111,6 +113,11 @@ fn payload(kind: Option<Kind>, p: &[u8]) {
     if all || kind == Some(Kind::Refused) {
         if let Ok(m) = decode_refused(p) {
             assert_eq!(decode_refused(&encode_payload(&m)), Ok(m));
+        }
+    }
+    if all || kind == Some(Kind::Keepalive) {
+        if let Ok(Some(k)) = KeepaliveStamp::decode(p) {
+            assert_eq!(KeepaliveStamp::decode(&k.encode()), Ok(Some(k)));
         }
     }
 }

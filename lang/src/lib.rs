@@ -107,6 +107,7 @@ pub mod compile;
 pub mod diff;
 pub mod generate;
 pub mod lexer;
+pub mod migrate;
 pub mod model;
 pub mod parser;
 pub mod printer;

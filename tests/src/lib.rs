@@ -759,30 +759,16 @@ impl Lab {
     /// Starts an iperf3 TCP transfer of `secs` seconds from VM `from` to VM `to`: the
     /// server is listening before the client starts.
     pub fn iperf_start(&self, from: usize, to: usize, secs: u32) -> IperfRun {
-        let server = self.iperf_server(to);
-        let client = self
-            .in_vm(from, "iperf3")
-            .args(["-c", &self.vm(to).ip.to_string(), "-t", &secs.to_string(), "-J"])
-            .args(["--connect-timeout", "3000"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting iperf3 -c");
-        IperfRun {
-            client: Some(client),
-            server,
-            what: format!("iperf3 vm{from} -> vm{to}"),
-        }
+        self.iperf_start_with(from, to, secs, IPERF_PORT, &[])
     }
 
-    /// A one-shot iperf3 server in VM `to`, once it listens.
-    fn iperf_server(&self, to: usize) -> Proc {
+    /// A one-shot iperf3 server on `port` in VM `to`, once it listens.
+    fn iperf_server(&self, to: usize, port: u16) -> Proc {
         let mut server = self
             .in_vm(to, "iperf3")
             // --forceflush: the "listening" line arrives while the server waits, not at
             // its exit (stdout is a pipe).
-            .args(["-s", "-1", "--forceflush"])
+            .args(["-s", "-1", "--forceflush", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -960,5 +946,32 @@ impl Drop for Lab {
         }
         // Then the fields: `daemons` (killed and reaped), `teardown` (`vnet lab down`),
         // and the serial lock, in that order.
+    }
+}
+
+/// iperf3's default port, used by [`Lab::iperf_start`].
+pub const IPERF_PORT: u16 = 5201;
+
+impl Lab {
+    /// Starts an iperf3 transfer of `secs` seconds from VM `from` to VM `to` with its
+    /// server on `port` (so that several transfers into one VM run at once) and `extra`
+    /// client options (`-P 8` for parallel streams, `-u -b 40M` for UDP at a rate).
+    pub fn iperf_start_with(&self, from: usize, to: usize, secs: u32, port: u16, extra: &[&str]) -> IperfRun {
+        let server = self.iperf_server(to, port);
+        let client = self
+            .in_vm(from, "iperf3")
+            .args(["-c", &self.vm(to).ip.to_string(), "-t", &secs.to_string(), "-J"])
+            .args(["-p", &port.to_string(), "--connect-timeout", "3000"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting iperf3 -c");
+        IperfRun {
+            client: Some(client),
+            server,
+            what: format!("iperf3 vm{from} -> vm{to} (port {port})"),
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! `vnet iface|link|rule|stats|config|status|bound`: the control primitives from the
-//! command line.
+//! `vnet iface|link|rule|stats|config|status|bound|measure`: the control primitives from
+//! the command line.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use vnetd::config::{IfaceKind, IfaceSpec, LinkProto, LinkSpec, Topology};
 use vnetd::control::client::Client;
-use vnetd::control::proto::{PortCounters, Request, Response};
+use vnetd::control::proto::{MeasureReport, PortCounters, ProbeResult, Request, Response};
 use vnetd::mac::MacAddr;
 use vnetd::rule::{DstMatch, MacMatch, Output, RuleSpec};
 use vnetd::table::RuleId;
@@ -92,6 +92,30 @@ pub enum ControlCommand {
         /// Milliseconds; omit to clear the bound.
         ms: Option<u64>,
     },
+    /// Round-trip time and throughput of every link (from keepalives and counters); with
+    /// --probe, the bandwidth available toward another daemon (a bounded active probe).
+    Measure(MeasureArgs),
+}
+
+/// `vnet measure ...`
+#[derive(Args, Debug)]
+pub struct MeasureArgs {
+    /// Instead of listing links, send a bounded burst of filler over TCP to the daemon
+    /// whose link listener is ADDR:PORT (what its `vnet status` shows after "links on")
+    /// and report the rate it received at and the handshake's round-trip time. Both
+    /// daemons need the same network key; each runs one probe at a time.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub probe: Option<SocketAddr>,
+    /// With --probe: bytes to send at most (default 8 MiB; clamped to 1 MiB..=256 MiB).
+    #[arg(long, requires = "probe", value_name = "N")]
+    pub bytes: Option<u64>,
+    /// With --probe: milliseconds to send for at most (default 1000; clamped to
+    /// 10..=5000). The probe ends at whichever limit comes first.
+    #[arg(long, requires = "probe", value_name = "N")]
+    pub ms: Option<u64>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `vnet iface ...`
@@ -298,7 +322,70 @@ pub fn run(target: &Target, cmd: ControlCommand) -> Result<()> {
             expect_done(target.request(Request::ConfigReplace(topology))?)
         }
         ControlCommand::Bound { ms } => expect_done(target.request(Request::SetConfigTimeBound { ms })?),
+        ControlCommand::Measure(args) => measure(target, args),
     }
+}
+
+fn measure(target: &Target, args: MeasureArgs) -> Result<()> {
+    let request = match args.probe {
+        Some(to) => Request::Probe {
+            to,
+            max_bytes: args.bytes,
+            max_ms: args.ms,
+        },
+        None => Request::Measure,
+    };
+    match target.request(request)? {
+        Response::Measurements(m) if args.json => print_json(&m),
+        Response::Measurements(m) => {
+            print!("{}", measure_table(&m));
+            Ok(())
+        }
+        Response::Probe(p) if args.json => print_json(&p),
+        Response::Probe(p) => {
+            println!("{}", probe_line(&p));
+            Ok(())
+        }
+        r => Err(unexpected(r)),
+    }
+}
+
+/// `vnet measure`'s table: one line per link.
+fn measure_table(m: &MeasureReport) -> String {
+    let ms = |us: Option<u64>| us.map_or("-".to_string(), |us| format!("{:.3}", us as f64 / 1000.0));
+    let mbit = |bps: u64| format!("{:.2}", bps as f64 / 1e6);
+    let mut out = format!(
+        "node {}\n{:<14} {:<10} {:<10} {:>9} {:>9} {:>9} {:>11} {:>11}\n",
+        m.node, "link", "peer", "state", "rtt ms", "rttvar", "min ms", "tx Mbit/s", "rx Mbit/s"
+    );
+    for l in &m.links {
+        out += &format!(
+            "{:<14} {:<10} {:<10} {:>9} {:>9} {:>9} {:>11} {:>11}\n",
+            l.name,
+            l.peer_node.as_deref().unwrap_or("-"),
+            format!("{:?}", l.state),
+            ms(l.srtt_us),
+            ms(l.rttvar_us),
+            ms(l.min_rtt_us),
+            mbit(l.tx_bps),
+            mbit(l.rx_bps)
+        );
+    }
+    out
+}
+
+/// `vnet measure --probe`'s answer in one line.
+fn probe_line(p: &ProbeResult) -> String {
+    format!(
+        "{}: {:.1} Mbit/s ({} B received in {:.3} s), handshake rtt {:.3} ms; limits {} B, {} ms",
+        p.peer_node,
+        p.mbps,
+        p.bytes,
+        p.elapsed_us as f64 / 1e6,
+        p.rtt_us as f64 / 1000.0,
+        p.max_bytes,
+        p.max_ms
+    )
 }
 
 fn expect_done(r: Response) -> Result<()> {
@@ -441,5 +528,104 @@ fn rule(target: &Target, cmd: RuleCommand) -> Result<()> {
             }
         }
         RuleCommand::Del { id } => expect_done(target.request(Request::RuleDel { id: RuleId(id) })?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use vnetd::control::proto::{LinkMeasurement, LinkState};
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        command: ControlCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<MeasureArgs, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("vnet").chain(args.iter().copied()))?;
+        match cli.command {
+            ControlCommand::Measure(m) => Ok(m),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn measure_flags() {
+        let m = parse(&["measure"]).expect("plain");
+        assert!(m.probe.is_none() && !m.json);
+        let m = parse(&[
+            "measure",
+            "--probe",
+            "198.18.0.3:7400",
+            "--bytes",
+            "1048576",
+            "--ms",
+            "300",
+        ])
+        .expect("probe");
+        assert_eq!(m.probe, Some("198.18.0.3:7400".parse().unwrap()));
+        assert_eq!((m.bytes, m.ms), (Some(1 << 20), Some(300)));
+        // Limits without a probe, and a probe without a port, are refused.
+        assert!(parse(&["measure", "--bytes", "10"]).is_err());
+        assert!(parse(&["measure", "--probe", "198.18.0.3"]).is_err());
+        assert!(parse(&["measure", "--probe", "198.18.0.3:7400", "--ms", "soon"]).is_err());
+    }
+
+    #[test]
+    fn measure_table_shows_missing_figures_as_dashes() {
+        let link = |name: &str, srtt_us: Option<u64>| LinkMeasurement {
+            name: name.into(),
+            proto: LinkProto::Tcp,
+            peer_node: srtt_us.map(|_| "h0".to_string()),
+            remote: None,
+            state: if srtt_us.is_some() {
+                LinkState::Up
+            } else {
+                LinkState::Connecting
+            },
+            srtt_us,
+            rttvar_us: srtt_us.map(|s| s / 4),
+            min_rtt_us: srtt_us,
+            rtt_samples: 3,
+            tx_bps: 40_000_000,
+            rx_bps: 0,
+            tx_bytes: 0,
+            rx_bytes: 0,
+        };
+        let table = measure_table(&MeasureReport {
+            node: "h1".into(),
+            uptime_us: 0,
+            links: vec![link("h0-h1", Some(1500)), link("h1-h2", None)],
+        });
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "node h1");
+        assert!(lines[1].starts_with("link") && lines[1].contains("rtt ms"));
+        let up: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            up,
+            ["h0-h1", "h0", "Up", "1.500", "0.375", "1.500", "40.00", "0.00"]
+        );
+        let down: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(down, ["h1-h2", "-", "Connecting", "-", "-", "-", "40.00", "0.00"]);
+    }
+
+    #[test]
+    fn probe_line_reads_well() {
+        let line = probe_line(&ProbeResult {
+            peer_node: "h2".into(),
+            bytes: 5_000_000,
+            elapsed_us: 1_000_000,
+            mbps: 39.96,
+            rtt_us: 250,
+            sent: 5_000_000,
+            max_bytes: 8 << 20,
+            max_ms: 1000,
+        });
+        assert_eq!(
+            line,
+            "h2: 40.0 Mbit/s (5000000 B received in 1.000 s), handshake rtt 0.250 ms; limits 8388608 B, 1000 ms"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! and the benchmark.
 
 use clap::{Parser, Subcommand};
-use vnet_tools::{bench, control, demo, lab, patterns, topo, vttif};
+use vnet_tools::{adapt, bench, control, demo, lab, patterns, topo, vttif};
 
 /// Control vnet daemons, build an emulated lab of hosts and VMs, run the demo.
 ///
@@ -26,8 +26,9 @@ enum Command {
     /// Emulated hosts and VMs in network namespaces (needs root).
     #[command(subcommand)]
     Lab(lab::LabCommand),
-    /// Build a small lab, show frames take the star, add a fast-path link, show them leave
-    /// the proxy, print counters, tear down (needs root).
+    /// The adaptive overlay in one command: a lab whose star crosses a slow proxy, an
+    /// application measured before and after the adaptor (`vadapt run`) adapts the overlay
+    /// to it by itself, with what it did and the speedup (needs root).
     Demo(demo::DemoArgs),
     /// Throughput and RTT VM to VM over vnet TCP, vnet UDP and kernel VXLAN, in one run
     /// (needs root, iperf3; build with --release for meaningful figures).
@@ -35,6 +36,9 @@ enum Command {
     /// The application topology and traffic matrix VTTIF infers from the daemons' counters
     /// (`--lab N` for every daemon of a lab; `--watch` follows changes).
     Vttif(vttif::VttifArgs),
+    /// The adaptor (`vadapt run`): the plan in force and its last decisions.
+    #[command(subcommand)]
+    Adapt(adapt::AdaptCommand),
     /// A BSP workload (Patterns): compute and communicate over TCP on a topology, in the
     /// lab's VMs; reports iterations per second.
     Patterns(patterns::PatternsArgs),
@@ -50,6 +54,7 @@ fn main() {
         Command::Vttif(a) => vttif::run(&cli.target, a),
         Command::Patterns(a) => patterns::run(a),
         Command::Topo(c) => topo::run(c),
+        Command::Adapt(c) => adapt::run(c),
     };
     if let Err(e) = result {
         eprintln!("vnet: error: {e:#}");

@@ -7,11 +7,16 @@
 //! iterations per second. `--print-topology` prints the VM pairs it uses in the JSON shape
 //! of `vnet vttif --json`'s `topology`. Without `--rank`, it launches every rank itself in
 //! the lab's VMs and prints their reports.
+//!
+//! Library callers (the demo, the adaptation benchmark) build a [`PatternsArgs`] with
+//! [`PatternsArgs::new`] and its setters and call [`run_lab`], which returns every rank's
+//! [`Report`]; [`throughput`] sums them up as one figure.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -20,6 +25,14 @@ use vttif::{Edge, Shape, Topology};
 
 /// How long a rank waits for its neighbours to come up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often [`run_lab_until`] looks at its ranks and its stop flag.
+const RANK_POLL: Duration = Duration::from_millis(50);
+/// Default message size, bytes.
+pub const DEFAULT_SIZE: usize = 65536;
+/// Default compute/communicate ratio.
+pub const DEFAULT_RATIO: f64 = 1.0;
+/// Default TCP port of the ranks.
+pub const DEFAULT_PORT: u16 = 7700;
 
 /// The communication operation of each iteration.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,12 +66,17 @@ pub struct PatternsArgs {
     #[arg(long, value_enum, default_value = "exchange")]
     op: Op,
     /// Message size in bytes.
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = DEFAULT_SIZE)]
     size: usize,
     /// Compute/communicate ratio: each compute phase lasts this many times the previous
     /// communication phase.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = DEFAULT_RATIO)]
     ratio: f64,
+    /// Instead of --ratio: a fixed compute phase of this many milliseconds per iteration
+    /// (a real application's computation does not shrink when its network gets faster;
+    /// `vadapt evaluate` sets it to the ratio times the star's communication time).
+    #[arg(long, conflicts_with = "ratio")]
+    compute_ms: Option<f64>,
     /// Iterations to run (0: until --seconds).
     #[arg(long, default_value_t = 0)]
     iterations: u64,
@@ -66,11 +84,75 @@ pub struct PatternsArgs {
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
     /// TCP port the ranks listen on.
-    #[arg(long, default_value_t = 7700)]
+    #[arg(long, default_value_t = DEFAULT_PORT)]
     port: u16,
     /// Print the VM pairs the workload uses (JSON, like `vnet vttif --json`) and exit.
     #[arg(long)]
     print_topology: bool,
+}
+
+impl PatternsArgs {
+    /// A run of every rank in lab `lab`'s VMs on `topology` (as `--topology` takes it) for
+    /// `seconds`, with the command's defaults for everything else.
+    pub fn new(lab: &str, topology: &str, seconds: f64) -> PatternsArgs {
+        PatternsArgs {
+            lab: Some(lab.to_string()),
+            peers: Vec::new(),
+            ranks: None,
+            rank: None,
+            topology: topology.to_string(),
+            op: Op::Exchange,
+            size: DEFAULT_SIZE,
+            ratio: DEFAULT_RATIO,
+            compute_ms: None,
+            iterations: 0,
+            seconds,
+            port: DEFAULT_PORT,
+            print_topology: false,
+        }
+    }
+
+    /// The communication operation (`--op`).
+    pub fn op(mut self, op: Op) -> PatternsArgs {
+        self.op = op;
+        self
+    }
+
+    /// The message size in bytes (`--size`).
+    pub fn size(mut self, bytes: usize) -> PatternsArgs {
+        self.size = bytes;
+        self
+    }
+
+    /// The compute/communicate ratio (`--ratio`).
+    pub fn ratio(mut self, ratio: f64) -> PatternsArgs {
+        self.ratio = ratio;
+        self
+    }
+
+    /// A fixed compute phase per iteration, ms (`--compute-ms`).
+    pub fn compute_ms(mut self, ms: f64) -> PatternsArgs {
+        self.compute_ms = Some(ms);
+        self
+    }
+
+    /// Use only the first `n` VMs (`--ranks`).
+    pub fn ranks(mut self, n: usize) -> PatternsArgs {
+        self.ranks = Some(n);
+        self
+    }
+
+    /// Stop after this many iterations as well as after the seconds (`--iterations`).
+    pub fn iterations(mut self, n: u64) -> PatternsArgs {
+        self.iterations = n;
+        self
+    }
+
+    /// The ranks' TCP port (`--port`).
+    pub fn port(mut self, port: u16) -> PatternsArgs {
+        self.port = port;
+        self
+    }
 }
 
 /// What a rank reports when it ends.
@@ -125,11 +207,7 @@ impl Plan {
             addrs.truncate(n);
         }
         let n = addrs.len();
-        let (text, op) = match args.topology.as_str() {
-            "reduction" => ("tree", Op::Reduce),
-            t => (t, args.op),
-        };
-        let shape = Shape::parse(text, n)?;
+        let (shape, op) = shape_and_op(&args.topology, args.op, n)?;
         let mut edges = shape.edges();
         let parent = spanning_tree(n, &edges);
         if op == Op::Reduce {
@@ -173,6 +251,22 @@ impl Plan {
     }
 }
 
+/// The shape and operation `--topology` and `--op` name for `n` ranks (`reduction` is a
+/// reduction up a tree).
+fn shape_and_op(topology: &str, op: Op, n: usize) -> Result<(Shape, Op)> {
+    let (text, op) = match topology {
+        "reduction" => ("tree", Op::Reduce),
+        t => (t, op),
+    };
+    Ok((Shape::parse(text, n)?, op))
+}
+
+/// Checks that `topology` (as `--topology` takes it) is a topology of `ranks` ranks,
+/// without a lab: callers validate their options before building one.
+pub fn check_topology(topology: &str, ranks: usize) -> Result<()> {
+    shape_and_op(topology, Op::Exchange, ranks).map(drop)
+}
+
 /// Parent of every node in the BFS tree from node 0 over `edges`.
 fn spanning_tree(n: usize, edges: &[(usize, usize)]) -> Vec<Option<usize>> {
     let mut parent = vec![None; n];
@@ -203,28 +297,61 @@ pub fn run(args: PatternsArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&plan.topology())?);
         return Ok(());
     }
-    match args.rank {
-        Some(rank) => {
-            let report = run_rank(&args, &plan, rank)?;
-            println!("{}", serde_json::to_string(&report)?);
-            Ok(())
-        }
-        None => launch(&args, &plan),
+    let reports = match args.rank {
+        Some(rank) => vec![run_rank(&args, &plan, rank)?],
+        None => launch(&args, &plan, &AtomicBool::new(false))?,
+    };
+    for report in reports {
+        println!("{}", serde_json::to_string(&report)?);
     }
+    Ok(())
 }
 
-/// Starts every rank in its lab VM and prints their reports, one JSON line each.
-fn launch(args: &PatternsArgs, plan: &Plan) -> Result<()> {
+/// The pairs of VMs a run of `args` makes talk (VM names), as VTTIF would report them:
+/// what `--print-topology` prints.
+pub fn app_topology(args: &PatternsArgs) -> Result<Topology> {
+    Ok(Plan::new(args)?.topology())
+}
+
+/// Runs every rank in its lab VM (`args` must name a lab) and returns their reports, in
+/// rank order. Fails if a rank fails.
+pub fn run_lab(args: &PatternsArgs) -> Result<Vec<Report>> {
+    run_lab_until(args, &AtomicBool::new(false))
+}
+
+/// [`run_lab`], but kills the ranks and fails as soon as `stop` is set (a caller's Ctrl-C
+/// flag), so that it never outlives its caller's wish to stop by more than a poll.
+pub fn run_lab_until(args: &PatternsArgs, stop: &AtomicBool) -> Result<Vec<Report>> {
+    if args.rank.is_some() {
+        bail!("run_lab runs every rank: leave the rank unset");
+    }
+    launch(args, &Plan::new(args)?, stop)
+}
+
+/// The throughput of a run: the mean of its ranks' iterations per second. (The ranks of a
+/// BSP run are coupled through their exchanges, so the mean and the minimum differ by a
+/// fraction of an iteration; the mean does not hinge on one rank's start-up.) 0 for no
+/// reports.
+pub fn throughput(reports: &[Report]) -> f64 {
+    if reports.is_empty() {
+        return 0.0;
+    }
+    reports.iter().map(|r| r.iterations_per_s).sum::<f64>() / reports.len() as f64
+}
+
+/// Starts every rank in its lab VM and returns their reports; kills them all when `stop`
+/// is set.
+fn launch(args: &PatternsArgs, plan: &Plan, stop: &AtomicBool) -> Result<Vec<Report>> {
     let Some(lab) = &args.lab else {
         bail!("without --lab, start each rank yourself with --rank");
     };
     let info = crate::lab::info(lab)?;
-    let exe = std::env::current_exe().context("cannot find the vnet binary")?;
+    let exe = own_exe()?;
     let mut children = Vec::new();
     for rank in 0..plan.addrs.len() {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &info.vms[rank].netns])
-            .arg(&exe)
+        // Into the VM's namespace and cgroup, so its CPU reservation holds the rank.
+        let mut cmd = crate::lab::reserve::machine_command(lab, &info.vms[rank].name);
+        cmd.arg(&exe)
             .args(["patterns", "--lab", lab, "--rank", &rank.to_string()])
             .args([
                 "--ranks",
@@ -240,13 +367,19 @@ fn launch(args: &PatternsArgs, plan: &Plan) -> Result<()> {
                     "exchange"
                 },
             ])
-            .args([
-                "--size",
-                &args.size.to_string(),
-                "--ratio",
-                &args.ratio.to_string(),
-            ])
+            .args(["--size", &args.size.to_string()])
+            .args(if args.compute_ms.is_none() {
+                vec!["--ratio".to_string(), args.ratio.to_string()]
+            } else {
+                vec![]
+            })
             .args(["--iterations", &args.iterations.to_string()])
+            .args(
+                args.compute_ms
+                    .map(|ms| ["--compute-ms".to_string(), ms.to_string()])
+                    .iter()
+                    .flatten(),
+            )
             .args([
                 "--seconds",
                 &args.seconds.to_string(),
@@ -254,21 +387,72 @@ fn launch(args: &PatternsArgs, plan: &Plan) -> Result<()> {
                 &args.port.to_string(),
             ])
             .stdout(Stdio::piped());
-        children.push(cmd.spawn().context("cannot start a rank (ip netns exec)")?);
+        children.push(Rank(cmd.spawn().context("cannot start a rank (ip netns exec)")?));
     }
-    let mut failed = 0;
-    for (rank, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().context("rank lost")?;
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() {
-            eprintln!("vnet patterns: rank {rank} failed ({})", out.status);
-            failed += 1;
+    // Each rank prints one short JSON line, far less than a pipe holds, so polling for
+    // exits before reading their output cannot dead-lock.
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            // Dropping the ranks kills them.
+            bail!("interrupted: the ranks are stopped");
+        }
+        let mut running = false;
+        for r in &mut children {
+            running |= r.0.try_wait().context("checking on a rank")?.is_none();
+        }
+        if !running {
+            break;
+        }
+        std::thread::sleep(RANK_POLL);
+    }
+    let mut reports = Vec::new();
+    let mut failed = Vec::new();
+    for (rank, mut r) in children.into_iter().enumerate() {
+        let mut out = String::new();
+        if let Some(mut stdout) = r.0.stdout.take() {
+            stdout
+                .read_to_string(&mut out)
+                .context("reading a rank's report")?;
+        }
+        let status = r.0.wait().context("rank lost")?;
+        match serde_json::from_str::<Report>(out.trim()) {
+            Ok(report) if status.success() => reports.push(report),
+            _ => failed.push(format!("rank {rank} ({status})")),
         }
     }
-    if failed > 0 {
-        bail!("{failed} ranks failed");
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} ranks failed: {}",
+            failed.len(),
+            plan.addrs.len(),
+            failed.join(", ")
+        );
     }
-    Ok(())
+    Ok(reports)
+}
+
+/// This program's path, for the ranks to run. A binary replaced while it runs (a rebuild)
+/// shows as `PATH (deleted)`; the ranks then run the program now at PATH.
+fn own_exe() -> Result<std::path::PathBuf> {
+    // Not current_exe: the vadapt binary runs workloads too.
+    let exe = crate::lab::sys::sibling_binary("vnet")?;
+    Ok(match exe.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+        Some(path) => path.into(),
+        None => exe,
+    })
+}
+
+/// A launched rank: killed and reaped when dropped before it has exited (an interrupted
+/// or failed launch leaves no rank running).
+struct Rank(Child);
+
+impl Drop for Rank {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
 }
 
 /// Connects rank `rank` to its neighbours: the higher rank of each pair dials.
@@ -358,7 +542,11 @@ fn run_rank(args: &PatternsArgs, plan: &Plan, rank: usize) -> Result<Report> {
     let (mut iterations, mut bytes_sent, mut peer_stopped) = (0u64, 0u64, false);
     let mut last_comm = Duration::ZERO;
     while (args.iterations == 0 || iterations < args.iterations) && start.elapsed() < limit {
-        let compute_until = Instant::now() + last_comm.mul_f64(args.ratio.max(0.0));
+        let compute = match args.compute_ms {
+            Some(ms) => Duration::from_secs_f64(ms.max(0.0) / 1e3),
+            None => last_comm.mul_f64(args.ratio.max(0.0)),
+        };
+        let compute_until = Instant::now() + compute;
         let mut x = 0u64;
         while Instant::now() < compute_until {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
@@ -440,6 +628,60 @@ mod tests {
         let red = plan(&["--topology", "reduction"]);
         assert_eq!(red.op, Op::Reduce);
         assert_eq!(red.edges, Shape::Tree(6).edges());
+    }
+
+    #[test]
+    fn library_args_match_the_command_line_defaults() {
+        let lib = PatternsArgs::new("t", "all-to-all", 3.0);
+        let cli = Cli::try_parse_from([
+            "patterns",
+            "--lab",
+            "t",
+            "--topology",
+            "all-to-all",
+            "--seconds",
+            "3",
+        ])
+        .unwrap()
+        .a;
+        assert_eq!(format!("{lib:?}"), format!("{cli:?}"));
+        let set = lib
+            .op(Op::Reduce)
+            .size(10)
+            .ratio(0.5)
+            .ranks(4)
+            .iterations(9)
+            .port(7800);
+        assert_eq!(
+            (set.op, set.size, set.ratio, set.ranks, set.iterations, set.port),
+            (Op::Reduce, 10, 0.5, Some(4), 9, 7800)
+        );
+        let e = run_lab(&PatternsArgs { rank: Some(0), ..set })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("leave the rank unset"), "{e}");
+    }
+
+    #[test]
+    fn checks_topologies_without_a_lab() {
+        check_topology("ring", 4).unwrap();
+        check_topology("reduction", 5).unwrap();
+        assert!(check_topology("hypercube", 6).is_err());
+        assert!(check_topology("pentagram", 4).is_err());
+    }
+
+    #[test]
+    fn throughput_is_the_mean_over_ranks() {
+        let r = |rank, ips| Report {
+            rank,
+            iterations: 1,
+            seconds: 1.0,
+            iterations_per_s: ips,
+            bytes_sent: 0,
+            peer_stopped: false,
+        };
+        assert_eq!(throughput(&[]), 0.0);
+        assert_eq!(throughput(&[r(0, 2.0), r(1, 4.0)]), 3.0);
     }
 
     #[test]

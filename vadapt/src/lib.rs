@@ -49,6 +49,7 @@
 //! in under 1 s (greedy 10 ms; anneal returns a feasible plan, +51 % over greedy's infeasible
 //! one, at its 900 ms deadline; `vadapt solve` defaults to a 950 ms deadline).
 
+pub mod adaptor;
 pub mod anneal;
 pub mod error;
 pub mod eval;
@@ -56,6 +57,7 @@ pub mod exact;
 pub mod gen;
 pub mod greedy;
 pub mod model;
+pub mod overlay;
 pub mod plan;
 pub mod route;
 

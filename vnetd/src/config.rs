@@ -258,6 +258,9 @@ pub enum ConfigError {
     /// The QUIC listener would share the UDP link socket's address.
     #[error("quic_listen must differ from listen: the UDP link socket holds that port")]
     QuicListenClash,
+    /// Link names starting with a dot are the daemon's own (`.probe`, bandwidth probes).
+    #[error("link name `{0}` is reserved: names starting with `.` are the daemon's own")]
+    ReservedLinkName(String),
     /// TCP control was asked for without a token.
     #[error("control_tcp needs control_token_file: remote control never listens unauthenticated")]
     TcpControlWithoutToken,
@@ -314,6 +317,9 @@ impl Topology {
         let mut links = HashSet::new();
         for l in &self.links {
             check_name("link", &l.name)?;
+            if l.name.starts_with('.') {
+                return Err(ConfigError::ReservedLinkName(l.name.clone()));
+            }
             if !links.insert(l.name.as_str()) {
                 return Err(ConfigError::Duplicate {
                     what: "link",
@@ -505,6 +511,11 @@ out = ["link:h0-h1"]
         assert!(matches!(
             DaemonConfig::from_toml(&bad),
             Err(ConfigError::Syntax(_))
+        ));
+        let bad = format!("{EXAMPLE}\n[[link]]\nname = \".probe\"\nproto = \"tcp\"\n");
+        assert!(matches!(
+            DaemonConfig::from_toml(&bad),
+            Err(ConfigError::ReservedLinkName(n)) if n == ".probe"
         ));
         let bad = format!("{EXAMPLE}\n[[link]]\nname = \"h0-h1\"\nproto = \"udp\"\n");
         assert!(matches!(

@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{IfaceSpec, LinkProto, LinkSpec, RuleEntry, Topology};
 use crate::control::proto::{
-    ControlError, IfaceStatus, LinkState, LinkStatus, PortCounters, Request, Response, RuleStatus,
-    StatsReport, StatusReport,
+    ControlError, IfaceStatus, LinkMeasurement, LinkState, LinkStatus, MeasureReport, PortCounters, Request,
+    Response, RuleStatus, StatsReport, StatusReport,
 };
 use crate::datapath::{Datapath, Port, PortMap, PortTx};
 use crate::forward::PortStats;
@@ -52,6 +52,8 @@ pub struct LinkInfo {
     pub sessions: u64,
     /// Last error.
     pub last_error: Option<String>,
+    /// Round-trip time and throughput, as the link's sessions measure them.
+    pub measure: crate::measure::LinkMeasure,
 }
 
 struct IfaceRuntime {
@@ -91,6 +93,8 @@ pub struct Daemon {
     pub udp: udp::Handle,
     /// The QUIC endpoint links dial from and, with `quic_listen`, accept on.
     pub quic: quic::Endpoint,
+    /// Admission of the bandwidth probes this daemon sends and answers.
+    pub probes: crate::link::probe::Probes,
     started: Instant,
     state: Mutex<State>,
 }
@@ -123,6 +127,7 @@ impl Daemon {
             datapath: Arc::new(Datapath::default()),
             udp,
             quic,
+            probes: Default::default(),
             started: Instant::now(),
             state: Mutex::new(State {
                 next_rule_id: 1,
@@ -136,8 +141,9 @@ impl Daemon {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Handles one control request.
-    pub fn handle(self: &Arc<Self>, request: Request) -> Result<Response, ControlError> {
+    /// Handles one control request (a probe takes as long as it sends; the rest answer
+    /// at once).
+    pub async fn handle(self: &Arc<Self>, request: Request) -> Result<Response, ControlError> {
         match request {
             Request::Status => Ok(Response::Status(self.status())),
             Request::IfaceList => Ok(Response::Ifaces(self.iface_list())),
@@ -244,6 +250,14 @@ impl Daemon {
                 self.datapath.set_vttif(enabled);
                 Ok(Response::Done)
             }
+            Request::Measure => Ok(Response::Measurements(self.measurements())),
+            Request::Probe {
+                to,
+                max_bytes,
+                max_ms,
+            } => crate::link::probe::run(self, to, max_bytes, max_ms)
+                .await
+                .map(Response::Probe),
         }
     }
 
@@ -493,6 +507,7 @@ impl Daemon {
             remote: None,
             sessions: 0,
             last_error: None,
+            measure: Default::default(),
         }));
         Self::port_id(st, &Output::Link(spec.name.clone()));
         let mut dialer = None;
@@ -626,6 +641,45 @@ impl Daemon {
                 }
             })
             .collect()
+    }
+
+    fn measurements(&self) -> MeasureReport {
+        let st = self.lock();
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let links = st
+            .topology
+            .links
+            .iter()
+            .map(|spec| {
+                let info = st
+                    .links
+                    .get(&spec.name)
+                    .map(|rt| rt.info.lock().unwrap_or_else(|p| p.into_inner()).clone());
+                let m = info.as_ref().map(|i| i.measure).unwrap_or_default();
+                let bps = |r: &crate::measure::RateMeter| r.bits_per_sec().map_or(0, |b| b.round() as u64);
+                let counters = Self::counters(&st, &Output::Link(spec.name.clone()));
+                LinkMeasurement {
+                    name: spec.name.clone(),
+                    proto: spec.proto,
+                    peer_node: info.as_ref().and_then(|i| i.peer_node.clone()),
+                    remote: info.as_ref().and_then(|i| i.remote.map(|r| r.to_string())),
+                    state: info.as_ref().map_or(LinkState::Connecting, |i| i.state),
+                    srtt_us: m.rtt.srtt().map(micros),
+                    rttvar_us: m.rtt.rttvar().map(micros),
+                    min_rtt_us: m.rtt.min_rtt().map(micros),
+                    rtt_samples: m.rtt.samples(),
+                    tx_bps: bps(&m.tx),
+                    rx_bps: bps(&m.rx),
+                    tx_bytes: counters.tx_bytes,
+                    rx_bytes: counters.rx_bytes,
+                }
+            })
+            .collect();
+        MeasureReport {
+            node: self.identity.node.clone(),
+            uptime_us: micros(self.started.elapsed()),
+            links,
+        }
     }
 
     fn rule_list(&self) -> Vec<RuleStatus> {

@@ -3,7 +3,8 @@
 //! The crate has a sans-IO core that never touches sockets, threads or the clock:
 //! [`mac`], [`rule`], [`table`] (forwarding table and lookup cache), [`wire`] (link frame
 //! codec), [`handshake`] (link authentication state machine), [`control::proto`]
-//! (control messages) and [`config`]. Around it sit thin drivers: [`sys`] (every `unsafe`
+//! (control messages), [`measure`] (round-trip time, throughput, probe bookkeeping) and
+//! [`config`]. Around it sit thin drivers: [`sys`] (every `unsafe`
 //! ioctl), TAP and packet-socket interfaces, TCP/UDP links, the control server and the
 //! daemon that wires them together. See ARCHITECTURE.md at the repository root.
 
@@ -18,6 +19,7 @@ pub mod handshake;
 pub mod iface;
 pub mod link;
 pub mod mac;
+pub mod measure;
 pub mod offload;
 pub mod rule;
 pub mod sys;

@@ -59,7 +59,8 @@ pub enum Kind {
     /// Handshake, responder to initiator: the link is up (empty payload; the session id
     /// is in the header).
     Welcome = 5,
-    /// Liveness probe on an otherwise idle link.
+    /// Liveness probe, sent on an interval whatever the traffic; its payload, when not
+    /// empty, is a [`KeepaliveStamp`] for round-trip time measurement.
     Keepalive = 6,
     /// The sender is tearing the session down.
     Reset = 7,
@@ -333,6 +334,93 @@ pub fn split_stream(buf: &[u8]) -> Result<Option<(Header, usize)>, WireError> {
     Ok(Some((header, total)))
 }
 
+/// Length of a Keepalive's timestamp payload ([`KeepaliveStamp`]).
+pub const KEEPALIVE_LEN: usize = 24;
+
+/// Flag bit of a Keepalive payload: the echo fields are valid.
+const KEEPALIVE_ECHO: u8 = 1;
+
+/// What a Keepalive carries so that each end can measure the link's round-trip time
+/// without synchronized clocks (as TCP timestamps do): its own monotonic clock, and the
+/// latest stamp it heard from the peer with how long it held that stamp before sending.
+///
+/// ```text
+/// offset size field (big endian)
+/// 0      8    stamp_us: the sender's monotonic clock, microseconds (any epoch)
+/// 8      8    echo stamp_us: the latest stamp the sender received from the peer
+/// 16     4    echo held_us: time between receiving that stamp and sending this one
+/// 20     1    flags: bit 0 = the echo fields are valid; other bits ignored
+/// 21     3    reserved, sent as 0, ignored
+/// ```
+///
+/// The peer's round-trip time is then `now − echo.stamp_us − echo.held_us` on the clock
+/// that made the echoed stamp. An empty payload (older daemons) is a plain keepalive;
+/// bytes past [`KEEPALIVE_LEN`] are ignored so that a later version can add fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeepaliveStamp {
+    /// The sender's clock when it sent the keepalive, in microseconds.
+    pub stamp_us: u64,
+    /// The peer stamp being echoed, if the sender has heard one.
+    pub echo: Option<Echo>,
+}
+
+/// The echoed half of a [`KeepaliveStamp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Echo {
+    /// The peer's own `stamp_us`, returned unchanged.
+    pub stamp_us: u64,
+    /// How long the echoing end held it, in microseconds (saturates at `u32::MAX`).
+    pub held_us: u32,
+}
+
+impl KeepaliveStamp {
+    /// The payload bytes.
+    pub fn encode(&self) -> [u8; KEEPALIVE_LEN] {
+        let mut out = [0u8; KEEPALIVE_LEN];
+        out[..8].copy_from_slice(&self.stamp_us.to_be_bytes());
+        if let Some(echo) = self.echo {
+            out[8..16].copy_from_slice(&echo.stamp_us.to_be_bytes());
+            out[16..20].copy_from_slice(&echo.held_us.to_be_bytes());
+            out[20] = KEEPALIVE_ECHO;
+        }
+        out
+    }
+
+    /// Decodes a Keepalive's payload: `Ok(None)` for the empty payload of a daemon that
+    /// sends no stamps, an error for a payload too short to hold one.
+    pub fn decode(payload: &[u8]) -> Result<Option<KeepaliveStamp>, WireError> {
+        if payload.is_empty() {
+            return Ok(None);
+        }
+        let Some(b) = payload.first_chunk::<KEEPALIVE_LEN>() else {
+            return Err(WireError::Truncated {
+                needed: KEEPALIVE_LEN,
+                got: payload.len(),
+            });
+        };
+        let u64_at = |i: usize| {
+            u64::from_be_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
+        let echo = (b[20] & KEEPALIVE_ECHO != 0).then(|| Echo {
+            stamp_us: u64_at(8),
+            held_us: u32::from_be_bytes([b[16], b[17], b[18], b[19]]),
+        });
+        Ok(Some(KeepaliveStamp {
+            stamp_us: u64_at(0),
+            echo,
+        }))
+    }
+}
+
 /// Why bytes are not a valid link message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -561,6 +649,43 @@ mod tests {
         assert_eq!(split_stream(&s[..HEADER_LEN + 2]), Ok(None));
     }
 
+    #[test]
+    fn keepalive_payload_layout_and_old_empty_keepalives() {
+        let k = KeepaliveStamp {
+            stamp_us: 0x0102_0304_0506_0708,
+            echo: Some(Echo {
+                stamp_us: 0x1112_1314_1516_1718,
+                held_us: 0x2122_2324,
+            }),
+        };
+        let b = k.encode();
+        assert_eq!(&b[..8], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&b[8..16], &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]);
+        assert_eq!(&b[16..20], &[0x21, 0x22, 0x23, 0x24]);
+        assert_eq!(&b[20..], &[1, 0, 0, 0]);
+        assert_eq!(KeepaliveStamp::decode(&b), Ok(Some(k)));
+        // Older daemons send keepalives without a payload.
+        assert_eq!(KeepaliveStamp::decode(&[]), Ok(None));
+        // Without the echo flag the echo fields mean nothing, whatever they hold.
+        let mut no_echo = b;
+        no_echo[20] = 0xfe;
+        let got = KeepaliveStamp::decode(&no_echo).expect("valid").expect("stamped");
+        assert_eq!(got.echo, None);
+        // A later version may append fields.
+        let mut longer = b.to_vec();
+        longer.extend_from_slice(b"future");
+        assert_eq!(KeepaliveStamp::decode(&longer), Ok(Some(k)));
+        for n in 1..KEEPALIVE_LEN {
+            assert_eq!(
+                KeepaliveStamp::decode(&b[..n]),
+                Err(WireError::Truncated {
+                    needed: KEEPALIVE_LEN,
+                    got: n
+                })
+            );
+        }
+    }
+
     proptest! {
         #[test]
         fn header_round_trip(h in header_strategy()) {
@@ -588,6 +713,19 @@ mod tests {
             let _ = Header::decode(&buf);
             let _ = decode_datagram(&buf);
             let _ = split_stream(&buf);
+            let _ = KeepaliveStamp::decode(&buf);
+        }
+
+        #[test]
+        fn keepalive_stamp_round_trip(
+            stamp_us in any::<u64>(),
+            echo in proptest::option::of((any::<u64>(), any::<u32>())),
+        ) {
+            let k = KeepaliveStamp {
+                stamp_us,
+                echo: echo.map(|(stamp_us, held_us)| Echo { stamp_us, held_us }),
+            };
+            prop_assert_eq!(KeepaliveStamp::decode(&k.encode()), Ok(Some(k)));
         }
 
         #[test]

@@ -1,15 +1,18 @@
 //! `vnet lab`: emulated hosts and VMs on one Linux machine.
 //!
 //! One network namespace per host (`N-h{i}`) and per VM (`N-vm{j}`), a bridge in `N-sw`
-//! as the underlay switch, veth uplinks with optional tbf shaping, a vnetd per host whose
-//! TAP is the VM's NIC. Addresses come from 198.18.0.0/15 only and no namespace has a
-//! route out. [`plan`] derives every name, address and vnetd config from the options
-//! (pure, unit-tested); this module builds and tears down; [`sys`] holds the shell-outs.
+//! as the underlay switch, veth uplinks with optional HTB shaping, a vnetd per host whose
+//! TAP is the VM's NIC, a cgroup per VM. Addresses come from 198.18.0.0/15 only and no
+//! namespace has a route out. [`plan`] derives every name, address and vnetd config from
+//! the options (pure, unit-tested); this module builds and tears down; [`sys`] holds the
+//! shell-outs; [`reserve`] reserves bandwidth and CPU.
 //!
 //! The same lab serves the demo, the benchmarks and the end-to-end tests: call [`up`] and
 //! [`down`] from this crate, or run `vnet lab up --json` and read [`LabInfo`] from stdout.
 
+mod migrate;
 mod plan;
+pub mod reserve;
 #[cfg(test)]
 mod root_tests;
 pub mod sys;
@@ -27,8 +30,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use plan::{check_lab_name, lab_dir, lab_of_netns, Plan, LAB_ROOT};
-pub use plan::{Uplink, LINK_PORT};
+pub use migrate::{migrate, migrate_checked, MigrateArgs, MigrationReport, Step, StepReport};
+use plan::{check_lab_name, lab_of_netns, Plan, LAB_ROOT};
+pub use plan::{lab_dir, Uplink, LINK_PORT};
 
 /// How long `up` waits for each vnetd's control socket and for the TAPs to appear.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,7 +58,8 @@ pub enum LabCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Run a command inside a lab namespace: `vnet lab exec N vm0 -- ping 198.19.0.2`.
+    /// Run a command inside a lab namespace: `vnet lab exec N vm0 -- ping 198.19.0.2`
+    /// (in a VM, inside its cgroup, so its CPU reservation applies).
     Exec {
         /// Lab name.
         lab: String,
@@ -64,6 +69,18 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Reserve bandwidth on overlay links (HTB classes on the shaped uplinks) and CPU for
+    /// VMs (cgroup limits); prints what is in force afterwards.
+    Reserve(reserve::ReserveArgs),
+    /// Show the reservations in force, read back from tc and the cgroups.
+    Reservations(reserve::ShowArgs),
+    /// Live-migrate a VM to another host: its NIC moves to that host's vnetd and the
+    /// overlay's rules follow, while its TCP connections stay up (`vnet lab migrate --name N
+    /// vm1 h3`). A failed step rolls everything back.
+    ///
+    /// Steps: nic, rules, addresses, source-rules, info, delete (tools/hooks/README.md).
+    /// To test the rollback, VNET_LAB_MIGRATE_FAIL=STEP makes that step fail.
+    Migrate(MigrateArgs),
 }
 
 /// Link transport between the lab's vnetds.
@@ -109,8 +126,8 @@ pub struct UpArgs {
     /// Overlay topology.
     #[arg(long, value_enum, default_value_t = LabTopology::Star)]
     pub topology: LabTopology,
-    /// Shape a host's uplink in both directions with tbf, e.g. `--uplink h1=50mbit`
-    /// (repeatable; RATE as tc reads it).
+    /// Shape a host's uplink in both directions with HTB, e.g. `--uplink h1=50mbit`
+    /// (repeatable; RATE as tc reads it); `vnet lab reserve` reserves parts of it.
     #[arg(long = "uplink", value_name = "hI=RATE")]
     pub uplinks: Vec<Uplink>,
     /// VMs whose NIC is a veth captured by vnetd instead of a TAP, e.g. `--veth-vms 0,2`.
@@ -198,6 +215,14 @@ pub struct VmInfo {
     pub host: String,
     /// "tap" (vnetd's TAP) or "veth" (captured by vnetd).
     pub nic: String,
+    /// The NIC's device name in its namespace: `eth0`, another after `vnet lab migrate`.
+    #[serde(default = "default_vm_device")]
+    pub device: String,
+}
+
+/// The device name of a VM's NIC in a lab.json written before migrations existed.
+fn default_vm_device() -> String {
+    "eth0".to_string()
 }
 
 /// Runs a `vnet lab` subcommand.
@@ -225,6 +250,9 @@ pub fn run(cmd: LabCommand) -> Result<()> {
             let code = exec(&lab, &vm, &cmd)?;
             std::process::exit(code)
         }
+        LabCommand::Reserve(args) => reserve::run_reserve(args),
+        LabCommand::Reservations(args) => reserve::run_show(args),
+        LabCommand::Migrate(args) => migrate::run(args),
     }
 }
 
@@ -296,6 +324,7 @@ fn build(plan: &Plan, vnetd: &Path) -> Result<LabInfo> {
     write_key(&plan.key_file())?;
     build_underlay(plan)?;
     build_vms(plan)?;
+    reserve::create_cgroups(&plan.name, plan.vms)?;
     for i in 0..plan.hosts {
         let path = plan.config_path(i);
         fs::write(&path, plan.config_toml(i)?).with_context(|| format!("writing {}", path.display()))?;
@@ -387,12 +416,9 @@ fn build_underlay(plan: &Plan) -> Result<()> {
         sys::ip_in(&ns, &["link", "set", "ul0", "up"])?;
         if let Some(uplink) = plan.uplinks.get(&i) {
             for (where_, dev) in [(&ns, "ul0"), (&sw, port.as_str())] {
-                let mut args: Vec<String> = ["qdisc", "replace", "dev", dev, "root", "tbf"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
-                args.extend(uplink.tbf_args());
-                sys::tc_in(where_, &args)?;
+                for args in reserve::shape_commands(dev, uplink.bits_per_sec) {
+                    sys::tc_in(where_, &args)?;
+                }
             }
         }
     }
@@ -459,21 +485,7 @@ fn find_vnetd(explicit: Option<&Path>) -> Result<PathBuf> {
         }
         return Ok(p);
     }
-    let exe = std::env::current_exe().context("finding the vnet binary's directory")?;
-    let mut dir = exe.parent().map(Path::to_path_buf);
-    while let Some(d) = dir {
-        let candidate = d.join("vnetd");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        dir = (d.file_name() == Some("deps".as_ref()))
-            .then(|| d.parent().map(Path::to_path_buf))
-            .flatten();
-    }
-    bail!(
-        "no vnetd binary next to {}: build it with `cargo build --release -p vnetd`, or point VNETD_BIN at it",
-        exe.display()
-    )
+    sys::sibling_binary("vnetd").context("no vnetd: point VNETD_BIN at one, or build it")
 }
 
 fn start_vnetd(plan: &Plan, i: usize, vnetd: &Path) -> Result<Child> {
@@ -677,6 +689,8 @@ fn down_lab(name: &str) -> Result<bool> {
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
+    // And what runs in the VMs' cgroups outside their namespaces.
+    leftover_pids.extend(reserve::cgroup_pids(name));
     let survivors = sys::terminate(&leftover_pids, Duration::from_millis(500));
     if !survivors.is_empty() {
         errors.push(format!(
@@ -687,6 +701,10 @@ fn down_lab(name: &str) -> Result<bool> {
         if let Err(e) = sys::ip(&["netns", "del", ns]) {
             errors.push(format!("{e:#}"));
         }
+    }
+
+    if let Err(e) = reserve::remove_cgroups(name) {
+        errors.push(format!("{e:#}"));
     }
 
     // 3. The directory.
@@ -794,8 +812,8 @@ fn exec(lab: &str, vm: &str, cmd: &[String]) -> Result<i32> {
     if !sys::netns_list()?.contains(&ns) {
         bail!("no namespace {ns}: is lab `{lab}` up (`vnet lab list`)?");
     }
-    let status = Command::new("ip")
-        .args(["netns", "exec", &ns])
+    // A VM's command enters its cgroup, so CPU reservations apply to it.
+    let status = reserve::machine_command(lab, vm)
         .args(cmd)
         .status()
         .with_context(|| format!("ip netns exec {ns} {}: cannot run", cmd.join(" ")))?;

@@ -35,10 +35,6 @@ pub const MAX_LAB_NAME: usize = 8;
 pub const MAX_NODES: usize = 254;
 /// MTU of the VM NICs.
 pub const VM_MTU: u32 = 1500;
-/// tbf `latency`: how long a packet may wait in the shaper's queue before it is dropped.
-pub const TBF_LATENCY: &str = "50ms";
-/// Smallest tbf bucket, in bytes.
-pub const TBF_MIN_BURST: u64 = 16 * 1024;
 
 /// Checks that `name` is a lab name: 1-8 characters of [a-z0-9].
 pub fn check_lab_name(name: &str) -> Result<()> {
@@ -137,26 +133,6 @@ impl std::str::FromStr for Uplink {
             host,
             bits_per_sec: parse_rate(rate)?,
         })
-    }
-}
-
-impl Uplink {
-    /// The tbf parameters: `rate R burst B latency L`.
-    ///
-    /// The bucket holds 4 ms worth of traffic at the shaped rate (rate / 250), and at
-    /// least 16 KiB so that a few full-size frames pass back to back at low rates; the
-    /// queue holds at most 50 ms worth of packets (`latency`) before tbf drops, which
-    /// keeps the buffer bloat of a slow link bounded but lets TCP reach the rate.
-    pub fn tbf_args(&self) -> Vec<String> {
-        let burst = (self.bits_per_sec / 8 / 250).max(TBF_MIN_BURST);
-        vec![
-            "rate".into(),
-            format!("{}bit", self.bits_per_sec),
-            "burst".into(),
-            burst.to_string(),
-            "latency".into(),
-            TBF_LATENCY.into(),
-        ]
     }
 }
 
@@ -519,6 +495,7 @@ impl Plan {
                     ip: Self::vm_ip(j),
                     host: format!("h{}", self.host_of(j)),
                     nic: if self.is_veth(j) { "veth" } else { "tap" }.into(),
+                    device: "eth0".into(),
                 })
                 .collect(),
         }
@@ -655,12 +632,7 @@ mod tests {
                 bits_per_sec: 50_000_000
             }
         );
-        assert_eq!(
-            u.tbf_args().join(" "),
-            "rate 50000000bit burst 25000 latency 50ms"
-        );
-        let slow: Uplink = "h2=1mbit".parse().unwrap();
-        assert_eq!(slow.tbf_args()[3], "16384");
+        // The HTB tree built from it: lab::reserve's tests.
         assert!("1=50mbit".parse::<Uplink>().is_err());
         assert!("h1".parse::<Uplink>().is_err());
         assert!("hx=1mbit".parse::<Uplink>().is_err());

@@ -135,13 +135,31 @@ fn up_ping_down_with_fake_vnetd() {
         let routes = sys::ip_in(&ns, &["route", "show", "default"]).unwrap();
         assert_eq!(routes.trim(), "", "{ns} has a default route");
     }
-    // Shaping on both ends of h1's uplink only.
-    let tbf = sys::ip(&["netns", "exec", "ltfake-h1", "tc", "qdisc", "show", "dev", "ul0"]).unwrap();
-    assert!(tbf.contains("tbf") && tbf.contains("50Mbit"), "{tbf}");
-    let tbf = sys::ip(&["netns", "exec", "ltfake-sw", "tc", "qdisc", "show", "dev", "p1"]).unwrap();
-    assert!(tbf.contains("tbf"), "{tbf}");
+    // Shaping (an HTB tree at the uplink rate) on both ends of h1's uplink only.
+    for (ns, dev) in [("ltfake-h1", "ul0"), ("ltfake-sw", "p1")] {
+        let htb = sys::ip(&["netns", "exec", ns, "tc", "class", "show", "dev", dev]).unwrap();
+        assert!(
+            htb.contains("class htb 1:1 root rate 50Mbit"),
+            "{ns} {dev}: {htb}"
+        );
+    }
     let plain = sys::ip(&["netns", "exec", "ltfake-h2", "tc", "qdisc", "show", "dev", "ul0"]).unwrap();
-    assert!(!plain.contains("tbf"), "{plain}");
+    assert!(!plain.contains("htb"), "{plain}");
+    // A cgroup per VM, which `vnet lab exec` enters.
+    let cgroups = reserve::CpuCgroups::detect().unwrap();
+    if let Some(cg) = &cgroups {
+        for vm in &info.vms {
+            for dir in cg.vm_dirs(NAME, &vm.name) {
+                assert!(dir.is_dir(), "{}", dir.display());
+            }
+        }
+        let out = reserve::machine_command(NAME, "vm1")
+            .args(["cat", "/proc/self/cgroup"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("/vnet-lab/ltfake/vm1"), "{text}");
+    }
     // VMs: eth0 with MAC and IP, the host end of the veth up in the host namespace.
     for vm in &info.vms {
         let eth0 = sys::ip_in(&vm.netns, &["addr", "show", "dev", "eth0"]).unwrap();
@@ -160,6 +178,9 @@ fn up_ping_down_with_fake_vnetd() {
 
     down(NAME).unwrap();
     assert_gone(NAME, Some(&info));
+    for dir in cgroups.iter().flat_map(|cg| cg.lab_dirs(NAME)) {
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
     // Idempotent.
     assert!(!down_lab(NAME).unwrap());
     let _ = fs::remove_file(args.vnetd.unwrap());

@@ -3,6 +3,7 @@
 //! listing, and process signals (through `vnetd::sys`, which holds every `unsafe`).
 
 use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -161,6 +162,27 @@ pub fn terminate(pids: &[u32], grace: Duration) -> Vec<u32> {
     }
     poll_until(Duration::from_secs(1), step, || rest.iter().all(|&p| !alive(p)));
     rest.into_iter().filter(|&p| alive(p)).collect()
+}
+
+/// The workspace binary `name` next to this program (or next to the directory of a test
+/// binary in `deps/`), the way cargo lays out its target directory.
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this program's directory")?;
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    while let Some(d) = dir {
+        let candidate = d.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = (d.file_name() == Some("deps".as_ref()))
+            .then(|| d.parent().map(Path::to_path_buf))
+            .flatten();
+    }
+    bail!(
+        "no {name} binary next to {}: build it with `cargo build --release -p {}`",
+        exe.display(),
+        if name == "vnet" { "vnet-tools" } else { name }
+    )
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! The language itself (parsing, checks, the mapping to vnetd, diff, routes, generators)
 //! is the pure `lang` crate; this module reads files, talks to daemons and prints.
 
-mod daemons;
-mod draw;
+pub mod daemons;
+pub mod draw;
 mod up;
 
 use std::path::{Path, PathBuf};

@@ -4,9 +4,11 @@
 //! as it likes on one connection. The version travels in every envelope; a daemon answers
 //! a request of another version with [`ControlError::Version`] and no other effect.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
-use crate::config::{IfaceSpec, LinkSpec, Topology};
+use crate::config::{IfaceSpec, LinkProto, LinkSpec, Topology};
 use crate::rule::RuleSpec;
 use crate::table::RuleId;
 
@@ -79,6 +81,21 @@ pub enum Request {
         /// Count frames when true.
         enabled: bool,
     },
+    /// Round-trip time and throughput of every link, as its sessions measure them
+    /// (keepalive timestamps, QUIC's estimate, port counters).
+    Measure,
+    /// Measure the bandwidth available toward another daemon: send filler over one TCP
+    /// connection to its link listener, authenticated with the network key, until
+    /// `max_bytes` or `max_ms`, and take the rate the receiver saw. Limits are clamped
+    /// (`vnetd::measure::ProbePlan`); one probe at a time per daemon and role.
+    Probe {
+        /// The other daemon's link listen address (its `Status::listen`).
+        to: SocketAddr,
+        /// Bytes to send at most (default 8 MiB, clamped to 1 MiB..=256 MiB).
+        max_bytes: Option<u64>,
+        /// Milliseconds to send for at most (default 1000, clamped to 10..=5000).
+        max_ms: Option<u64>,
+    },
 }
 
 /// A response with the daemon's protocol version.
@@ -111,6 +128,10 @@ pub enum Response {
     Config(Topology),
     /// Answer to [`Request::VttifMatrix`].
     VttifMatrix(vttif::Snapshot),
+    /// Answer to [`Request::Measure`].
+    Measurements(MeasureReport),
+    /// Answer to [`Request::Probe`].
+    Probe(ProbeResult),
 }
 
 /// Why a request failed.
@@ -162,6 +183,10 @@ pub enum ControlError {
     /// The request could not be decoded.
     #[error("malformed request: {0}")]
     Malformed(String),
+    /// A bandwidth probe was refused (here or by the peer) or failed; the reason says
+    /// which.
+    #[error("probe failed: {0}")]
+    Probe(String),
 }
 
 /// Answer to [`Request::Status`].
@@ -271,6 +296,71 @@ pub struct StatsReport {
     pub cache_misses: u64,
 }
 
+/// Answer to [`Request::Measure`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MeasureReport {
+    /// Node name.
+    pub node: String,
+    /// Microseconds since the daemon started.
+    pub uptime_us: u64,
+    /// Every configured link, in configuration order.
+    pub links: Vec<LinkMeasurement>,
+}
+
+/// What one link's sessions measured. Round-trip figures are of the current (or last)
+/// session; `None` until its first sample. Rates are smoothed over about a second and
+/// sampled every 400 ms while the link is up.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkMeasurement {
+    /// Link name.
+    pub name: String,
+    /// Transport.
+    pub proto: LinkProto,
+    /// The peer daemon's node name, once a session authenticated it.
+    pub peer_node: Option<String>,
+    /// The peer's address of the current session.
+    pub remote: Option<String>,
+    /// Current state.
+    pub state: LinkState,
+    /// Smoothed round-trip time (RFC 6298), microseconds.
+    pub srtt_us: Option<u64>,
+    /// Round-trip time variation, microseconds.
+    pub rttvar_us: Option<u64>,
+    /// Smallest round-trip sample, microseconds: the link's latency without queueing.
+    pub min_rtt_us: Option<u64>,
+    /// Round-trip samples taken.
+    pub rtt_samples: u64,
+    /// Frames sent to the link, bits per second (0 until measured).
+    pub tx_bps: u64,
+    /// Frames received from the link, bits per second (0 until measured).
+    pub rx_bps: u64,
+    /// Bytes sent to the link in total.
+    pub tx_bytes: u64,
+    /// Bytes received from the link in total.
+    pub rx_bytes: u64,
+}
+
+/// Answer to [`Request::Probe`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    /// The probed daemon's node name (authenticated).
+    pub peer_node: String,
+    /// Bytes the peer received.
+    pub bytes: u64,
+    /// From the peer's first read to its last, microseconds.
+    pub elapsed_us: u64,
+    /// The rate the peer received at, Mbit/s.
+    pub mbps: f64,
+    /// Round-trip time of the handshake (its two round trips halved), microseconds.
+    pub rtt_us: u64,
+    /// Bytes this daemon sent.
+    pub sent: u64,
+    /// The byte limit the probe ran with, after clamping.
+    pub max_bytes: u64,
+    /// The time limit the probe ran with, after clamping, milliseconds.
+    pub max_ms: u64,
+}
+
 /// Why bytes are not a control message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -331,6 +421,12 @@ mod tests {
             Request::SetConfigTimeBound { ms: Some(900) },
             Request::VttifMatrix,
             Request::VttifSet { enabled: false },
+            Request::Measure,
+            Request::Probe {
+                to: "198.18.0.3:7400".parse().unwrap(),
+                max_bytes: Some(1 << 20),
+                max_ms: None,
+            },
         ];
         for request in reqs {
             let env = RequestEnvelope {
@@ -362,6 +458,63 @@ mod tests {
         });
         let back: ResponseEnvelope = decode_body(&bytes[4..]).unwrap();
         assert_eq!(back.result, Ok(Response::VttifMatrix(snap)));
+        // So did the measurement variants: the VTTIF ones kept their tags.
+        assert_eq!(
+            postcard::to_allocvec(&Request::VttifSet { enabled: true }).unwrap(),
+            vec![15, 1]
+        );
+        assert_eq!(postcard::to_allocvec(&Request::Measure).unwrap(), vec![16]);
+        let ok = |r| postcard::to_allocvec(&Ok::<Response, ControlError>(r)).unwrap()[1];
+        assert_eq!(ok(Response::VttifMatrix(vttif::Snapshot::default())), 8);
+    }
+
+    #[test]
+    fn measurement_answers_round_trip() {
+        let answers = [
+            Response::Measurements(MeasureReport {
+                node: "h1".into(),
+                uptime_us: 9,
+                links: vec![LinkMeasurement {
+                    name: "h0-h1".into(),
+                    proto: LinkProto::Udp,
+                    peer_node: Some("h0".into()),
+                    remote: Some("198.18.0.1:7400".into()),
+                    state: LinkState::Up,
+                    srtt_us: Some(150),
+                    rttvar_us: Some(20),
+                    min_rtt_us: Some(90),
+                    rtt_samples: 12,
+                    tx_bps: 1_000_000,
+                    rx_bps: 0,
+                    tx_bytes: 123,
+                    rx_bytes: 0,
+                }],
+            }),
+            Response::Probe(ProbeResult {
+                peer_node: "h2".into(),
+                bytes: 5_000_000,
+                elapsed_us: 1_000_000,
+                mbps: 40.0,
+                rtt_us: 300,
+                sent: 5_000_000,
+                max_bytes: 8 << 20,
+                max_ms: 1000,
+            }),
+        ];
+        for r in answers {
+            let env = ResponseEnvelope {
+                version: PROTOCOL_VERSION,
+                result: Ok(r),
+            };
+            let bytes = encode(&env);
+            assert_eq!(decode_body::<ResponseEnvelope>(&bytes[4..]).unwrap(), env);
+        }
+        let refused = ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            result: Err(ControlError::Probe("busy".into())),
+        };
+        let bytes = encode(&refused);
+        assert_eq!(decode_body::<ResponseEnvelope>(&bytes[4..]).unwrap(), refused);
     }
 
     #[test]

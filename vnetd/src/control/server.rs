@@ -120,7 +120,7 @@ where
         } else if !token_ok(token, envelope.token.as_deref()) {
             Err(ControlError::Unauthorized)
         } else {
-            daemon.handle(envelope.request)
+            daemon.handle(envelope.request).await
         };
         reply(&mut stream, result).await?;
     }

@@ -2,6 +2,8 @@
 //! datagram). Both open with the [`crate::handshake`] exchange and carry
 //! [`crate::wire`] messages.
 
+pub(crate) mod meter;
+pub mod probe;
 pub mod quic;
 pub mod stream;
 pub mod tcp;

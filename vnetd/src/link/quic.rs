@@ -14,6 +14,10 @@
 //! [`fragment::MAX_FRAGMENTS`] datagrams ([`crate::fragment`]) and reassembled by the
 //! peer; losing one fragment loses that frame only. Each datagram is
 //! `hop limit (u8) || fragment header || chunk`.
+//!
+//! **Measurement.** QUIC keeps its own round-trip estimate from acknowledgements; every
+//! `KEEPALIVE` a session takes it as a sample, with the port counters
+//! (`link::meter`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
@@ -31,6 +35,7 @@ use crate::datapath::PortTx;
 use crate::forward::DropReason;
 use crate::fragment::{self, Reassembler};
 use crate::handshake::Session;
+use crate::link::meter::SessionMeter;
 use crate::link::stream::{adopt_session, initiate, redial, respond, LinkError, HANDSHAKE_TIMEOUT};
 use crate::link::update;
 use crate::rule::Output;
@@ -289,6 +294,19 @@ async fn run_session(
         i.last_error = None;
     });
     let (port, stats) = daemon.port(&Output::Link(name.to_string()));
+    let meter = SessionMeter::new(info.clone(), stats.clone());
+    let ticker = tokio::spawn({
+        let conn = conn.clone();
+        async move {
+            let mut tick = tokio::time::interval(KEEPALIVE);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                meter.sample_counters();
+                meter.sample_rtt(conn.rtt());
+            }
+        }
+    });
     let mut worker = daemon.datapath.worker();
     let mut reassembler = Reassembler::default();
     let end = loop {
@@ -310,6 +328,7 @@ async fn run_session(
             Err(_) => daemon.datapath.drops.add(DropReason::BadMessage),
         }
     };
+    ticker.abort();
     daemon.link_down(name, token);
     conn.close(0u32.into(), b"session ended");
     end

@@ -13,7 +13,7 @@ use crate::control::proto::LinkState;
 use crate::crypto::{Opener, Sealer};
 use crate::daemon::{Daemon, LinkInfo};
 use crate::forward::DropReason;
-use crate::handshake::{self, HandshakeError, Initiator, Refused, Responder, Session};
+use crate::handshake::{self, HandshakeError, Hello, Initiator, Refused, Responder, Session};
 use crate::link::{offer, update};
 use crate::wire::{self, Header, Kind, HEADER_LEN};
 
@@ -144,6 +144,15 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let hello = read_hello(daemon, read).await?;
+    respond_link(daemon, from, proto, &hello, read, write, binding).await
+}
+
+/// Reads the Hello that opens an accepted stream (a bad one counts as a bad message).
+pub(crate) async fn read_hello<R: AsyncRead + Unpin>(
+    daemon: &Daemon,
+    read: &mut R,
+) -> Result<Hello, LinkError> {
     let drops = &daemon.datapath.drops;
     let (header, payload) = recv_timeout(read)
         .await
@@ -152,7 +161,23 @@ where
         drops.add(DropReason::BadMessage);
         return Err(LinkError::Unexpected(header.kind));
     }
-    let hello = handshake::decode_hello(&payload).inspect_err(|_| drops.add(DropReason::BadMessage))?;
+    Ok(handshake::decode_hello(&payload).inspect_err(|_| drops.add(DropReason::BadMessage))?)
+}
+
+/// [`respond`] once the Hello is read.
+pub(crate) async fn respond_link<R, W>(
+    daemon: &Daemon,
+    from: SocketAddr,
+    proto: LinkProto,
+    hello: &Hello,
+    read: &mut R,
+    write: &mut W,
+    binding: [u8; 32],
+) -> Result<(Session, Arc<Mutex<LinkInfo>>), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let (info, caps) = match daemon.link(&hello.link) {
         Some((spec, info)) if spec.proto == proto && spec.peer.is_none() => (info, link_caps(&spec)),
         Some(_) => {
@@ -164,26 +189,45 @@ where
     if let Some(reason) = caps_mismatch(&hello.link, caps, hello.caps) {
         return Err(refuse(write, &reason).await);
     }
+    let session = prove(daemon, from, hello, caps, read, write, binding).await?;
+    send(write, Kind::Welcome, session.id, &[]).await?;
+    Ok((session, info))
+}
+
+/// The responder's Challenge and the check of the initiator's Proof, offering `caps`:
+/// the session once the peer has proven the key (the caller sends Welcome, or refuses).
+/// A wrong proof is counted, logged and refused.
+pub(crate) async fn prove<R, W>(
+    daemon: &Daemon,
+    from: SocketAddr,
+    hello: &Hello,
+    caps: u32,
+    read: &mut R,
+    write: &mut W,
+    binding: [u8; 32],
+) -> Result<Session, LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let id = &daemon.identity;
     let session_id = rand::random::<u32>().max(1);
     let (responder, challenge) =
-        Responder::on_hello(id.key.clone(), &id.node, &hello, offer(caps, binding), session_id);
+        Responder::on_hello(id.key.clone(), &id.node, hello, offer(caps, binding), session_id);
     send(write, Kind::Challenge, 0, &handshake::encode_payload(&challenge)).await?;
     let (header, payload) = recv_timeout(read).await?;
     if header.kind != Kind::Proof {
         return Err(LinkError::Unexpected(header.kind));
     }
-    let session = match responder.on_proof(&handshake::decode_proof(&payload)?) {
-        Ok(s) => s,
+    match responder.on_proof(&handshake::decode_proof(&payload)?) {
+        Ok(s) => Ok(s),
         Err(e) => {
-            drops.add(DropReason::AuthFailed);
+            daemon.datapath.drops.add(DropReason::AuthFailed);
             tracing::warn!(link = %hello.link, peer = %from, node = %hello.node, "peer failed authentication (different network key?)");
             refuse(write, "authentication failed").await;
-            return Err(e.into());
+            Err(e.into())
         }
-    };
-    send(write, Kind::Welcome, session.id, &[]).await?;
-    Ok((session, info))
+    }
 }
 
 /// The capabilities a link's configuration asks for in the handshake.
@@ -252,7 +296,7 @@ where
 }
 
 /// Sends Refused (best effort) and returns the matching error.
-async fn refuse<W: AsyncWrite + Unpin>(write: &mut W, reason: &str) -> LinkError {
+pub(crate) async fn refuse<W: AsyncWrite + Unpin>(write: &mut W, reason: &str) -> LinkError {
     let _ = send(
         write,
         Kind::Refused,

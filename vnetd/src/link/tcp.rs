@@ -1,5 +1,8 @@
 //! TCP links: a dialer that keeps one authenticated connection up (re-dialing with
-//! backoff), an acceptor for links the peer dials, and the session that moves frames.
+//! backoff), an acceptor for links the peer dials (and for bandwidth probes,
+//! [`super::probe`]), and the session that moves frames. A session sends a stamped
+//! keepalive every `KEEPALIVE` from its writer, ahead of queued frames, so that both
+//! ends measure the round-trip time (`link::meter`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,9 +21,13 @@ use crate::daemon::{Daemon, LinkInfo};
 use crate::datapath::PortTx;
 use crate::forward::DropReason;
 use crate::handshake::Session;
+use crate::link::meter::SessionMeter;
+use crate::link::probe::{self, PROBE_LINK};
 use crate::link::stream::{
-    adopt_session, initiate, recv_into, redial, respond, session_crypto, superframes, LinkError,
+    adopt_session, initiate, read_hello, recv_into, redial, respond_link, session_crypto, superframes,
+    LinkError,
 };
+use crate::link::udp::KEEPALIVE;
 use crate::link::{deliver, frame_payload, idle_state, update};
 use crate::rule::Output;
 use crate::wire::{self, Kind};
@@ -87,7 +94,23 @@ async fn accept(daemon: Arc<Daemon>, stream: TcpStream, from: SocketAddr) -> Res
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
-    let (session, info) = respond(&daemon, from, LinkProto::Tcp, &mut read, &mut write, [0; 32]).await?;
+    let hello = read_hello(&daemon, &mut read).await?;
+    if hello.link == PROBE_LINK {
+        // The probe runs on this connection's own task: the accept loop goes on.
+        let (report, node) = probe::respond(&daemon, from, &hello, &mut read, &mut write).await?;
+        tracing::info!(peer = %from, node = %node, bytes = report.bytes, mbps = report.mbps().unwrap_or(0.0), "answered a bandwidth probe");
+        return Ok(());
+    }
+    let (session, info) = respond_link(
+        &daemon,
+        from,
+        LinkProto::Tcp,
+        &hello,
+        &mut read,
+        &mut write,
+        [0; 32],
+    )
+    .await?;
     tracing::info!(link = %session.link, peer = %from, node = %session.peer_node, "link up (tcp, accepted)");
     let (task_daemon, task_info, name) = (daemon.clone(), info.clone(), session.link.clone());
     adopt_session(&daemon, session.link.clone(), info, async move {
@@ -116,7 +139,9 @@ async fn run_session(
     info: &Arc<Mutex<LinkInfo>>,
 ) -> LinkError {
     let (queue, rx) = mpsc::channel(SEND_QUEUE);
-    let writer = tokio::spawn(write_loop(write, rx));
+    let (_, stats) = daemon.port(&Output::Link(name.to_string()));
+    let meter = Arc::new(SessionMeter::new(info.clone(), stats));
+    let writer = tokio::spawn(write_loop(write, rx, session.id, meter.clone()));
     let (sealer, opener) = session_crypto(&session).unzip();
     let tx = PortTx::Tcp {
         queue,
@@ -131,7 +156,7 @@ async fn run_session(
         i.sessions += 1;
         i.last_error = None;
     });
-    let end = read_loop(daemon, name, read, opener).await;
+    let end = read_loop(daemon, name, read, opener, &meter).await;
     daemon.link_down(name, token);
     writer.abort();
     update(info, |i| i.state = idle_state(false));
@@ -143,6 +168,7 @@ async fn read_loop(
     name: &str,
     read: OwnedReadHalf,
     mut opener: Option<Opener>,
+    meter: &SessionMeter,
 ) -> LinkError {
     let (port, stats) = daemon.port(&Output::Link(name.to_string()));
     let mut read = BufReader::with_capacity(256 * 1024, read);
@@ -177,7 +203,11 @@ async fn read_loop(
                     daemon.datapath.report_cache(&mut worker);
                 }
             }
-            Kind::Keepalive => {}
+            Kind::Keepalive => {
+                if meter.on_keepalive(&payload).is_err() {
+                    daemon.datapath.drops.add(DropReason::BadMessage);
+                }
+            }
             other => {
                 daemon.datapath.drops.add(DropReason::BadMessage);
                 return LinkError::Unexpected(other);
@@ -186,13 +216,35 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(mut write: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+/// Writes queued messages in batches, and a keepalive every [`KEEPALIVE`]: stamped as it
+/// is written rather than when queued, so that time in the queue does not count as
+/// round-trip time (time in the socket buffer still does).
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    session: u32,
+    meter: Arc<SessionMeter>,
+) {
     let mut batch = Vec::with_capacity(256 * 1024);
     let mut msgs = Vec::with_capacity(64);
-    while rx.recv_many(&mut msgs, 64).await > 0 {
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
         batch.clear();
-        for m in msgs.drain(..) {
-            batch.extend_from_slice(&m);
+        tokio::select! {
+            n = rx.recv_many(&mut msgs, 64) => {
+                if n == 0 {
+                    return;
+                }
+                for m in msgs.drain(..) {
+                    batch.extend_from_slice(&m);
+                }
+            }
+            _ = keepalive.tick() => {
+                meter.sample_counters();
+                // A keepalive payload is far below MAX_PAYLOAD: encoding cannot fail.
+                let _ = wire::encode_message(Kind::Keepalive, 0, session, &meter.keepalive(), &mut batch);
+            }
         }
         if write.write_all(&batch).await.is_err() {
             // The reader sees the same failure and ends the session.

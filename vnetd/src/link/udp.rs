@@ -3,10 +3,12 @@
 //! other tasks write frames to the socket directly.
 //!
 //! Liveness: an up session sends a keepalive every [`KEEPALIVE`] and is declared dead
-//! after [`DEAD_AFTER`] without hearing from the peer. A datagram for a session the
-//! receiver does not know (it restarted) is answered with a Reset, upon which a dialing
-//! end handshakes again at once, so a restarted peer is reachable again within a
-//! handshake round trip rather than after [`DEAD_AFTER`].
+//! after [`DEAD_AFTER`] without hearing from the peer. Keepalives carry timestamps from
+//! which both ends measure the round-trip time (`link::meter`), and their tick samples
+//! the link's throughput. A datagram for a session the receiver does not know (it
+//! restarted) is answered with a Reset, upon which a dialing end handshakes again at once,
+//! so a restarted peer is reachable again within a handshake round trip rather than after
+//! [`DEAD_AFTER`].
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -25,6 +27,7 @@ use crate::daemon::{Daemon, LinkInfo};
 use crate::datapath::{PortTx, Worker};
 use crate::forward::{DropReason, PortStats};
 use crate::handshake::{self, Initiator, Refused, Responder, Session};
+use crate::link::meter::SessionMeter;
 use crate::link::stream::{caps_mismatch, session_crypto};
 use crate::link::{deliver, frame_payload, idle_state, offer, update};
 use crate::rule::Output;
@@ -35,7 +38,8 @@ use crate::wire::{self, Header, Kind};
 /// that has nothing to send takes to learn (from the Reset its keepalive earns) that a
 /// waiting peer restarted, so it is well under the one-second reconnection target: with
 /// 1 s, a proxy restart cut a host that only receives off for up to ~1.1 s.
-const KEEPALIVE: Duration = Duration::from_millis(400);
+/// TCP links send theirs at the same interval.
+pub(crate) const KEEPALIVE: Duration = Duration::from_millis(400);
 /// Silence after which an up session is dead.
 const DEAD_AFTER: Duration = Duration::from_millis(5000);
 /// Interval between retransmissions of Hello and Proof.
@@ -148,6 +152,8 @@ enum Phase {
         keepalive: Instant,
         /// Opens the peer's sealed frames when the link encrypts.
         opener: Option<Opener>,
+        /// Round-trip time and throughput of this session.
+        meter: SessionMeter,
     },
 }
 
@@ -346,6 +352,7 @@ impl Task {
                 token,
                 heard,
                 keepalive,
+                meter,
                 ..
             } => {
                 if now - *heard > DEAD_AFTER {
@@ -358,8 +365,8 @@ impl Task {
                     link.phase = Phase::Idle;
                 } else if now - *keepalive > KEEPALIVE {
                     *keepalive = now;
-                    let (addr, session) = (*addr, *session);
-                    self.send(addr, Kind::Keepalive, session, &[]);
+                    meter.sample_counters();
+                    self.send(*addr, Kind::Keepalive, *session, &meter.keepalive());
                 }
             }
         }
@@ -404,10 +411,16 @@ impl Task {
             }
             return;
         };
-        let Phase::Up { heard, opener, .. } = &mut link.phase else {
+        let Phase::Up {
+            heard, opener, meter, ..
+        } = &mut link.phase
+        else {
             return;
         };
         *heard = now;
+        if header.kind == Kind::Keepalive && meter.on_keepalive(payload).is_err() {
+            self.daemon.datapath.drops.add(DropReason::BadMessage);
+        }
         if header.kind == Kind::Frame {
             match frame_payload(opener.as_mut(), &header, payload, &mut self.plain) {
                 Ok(frame) => {
@@ -615,6 +628,7 @@ impl Task {
             heard: now,
             keepalive: now,
             opener,
+            meter: SessionMeter::new(link.info.clone(), link.stats.clone()),
         };
         tracing::info!(link = %name, peer = %addr, node = %peer_node, "link up (udp)");
         update(&link.info, |i| {

@@ -1,4 +1,5 @@
-//! `vadapt`: solve, check and generate adaptation instances, and benchmark the algorithms.
+//! `vadapt`: the adaptor service (`run`), and the tools around its algorithms: solve,
+//! check and generate adaptation instances, benchmark the algorithms.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,22 @@ enum Algo {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The adaptor service: measure the hosts, follow VTTIF, decide and apply plans
+    /// (migrations, links, rules, reservations) while the application runs.
+    Run(Box<run::RunArgs>),
+    /// Apply a plan (as `solve` prints it) to the daemons once: migrations, links and
+    /// rules, reservations.
+    Apply {
+        #[command(flatten)]
+        run: Box<run::RunArgs>,
+        /// Plan JSON file.
+        #[arg(long)]
+        plan: PathBuf,
+    },
+    /// The adaptation's payoff in the lab: application throughput on the star, with
+    /// topology changes only, migration only, both, and the exact solver's best static
+    /// configuration (needs root; takes minutes).
+    Evaluate(evaluate::EvaluateArgs),
     /// Solve an instance and print the plan as JSON.
     Solve {
         /// Instance JSON file.
@@ -108,7 +125,7 @@ enum Command {
 /// A wall-clock deadline and/or a move cap, whichever comes first: the binary's side of the
 /// library's clock-free [`Budget`].
 #[derive(Debug)]
-struct Deadline {
+pub(crate) struct Deadline {
     start: Instant,
     limit: Duration,
     moves: Option<u64>,
@@ -125,7 +142,7 @@ impl Budget for Deadline {
 }
 
 impl Deadline {
-    fn new(budget_ms: u64, moves: Option<u64>) -> Self {
+    pub(crate) fn new(budget_ms: u64, moves: Option<u64>) -> Self {
         Self {
             start: Instant::now(),
             limit: Duration::from_millis(budget_ms),
@@ -162,6 +179,17 @@ fn solve(problem: &Problem, algo: Algo, seed: u64, budget: &mut Deadline, max_no
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Run(args) => run::run(&args),
+        Command::Apply { run, plan } => {
+            let text =
+                fs::read_to_string(&plan).with_context(|| format!("reading plan {}", plan.display()))?;
+            let plan = Plan::from_json(&text).with_context(|| format!("invalid plan {}", plan.display()))?;
+            for action in run::apply_plan(&run, &plan)? {
+                println!("{action}");
+            }
+            Ok(())
+        }
+        Command::Evaluate(args) => evaluate::run(&args),
         Command::Solve {
             instance,
             algo,
@@ -227,3 +255,8 @@ fn main() -> Result<()> {
 }
 
 mod bench;
+mod evaluate;
+mod measure;
+mod migrate;
+mod reserve;
+mod run;
