@@ -102,6 +102,8 @@ pub struct DecisionRecord {
     /// Whether the plan found meets every constraint (capacities, link bandwidth,
     /// latency bounds); an infeasible plan is never applied, however high its objective.
     pub feasible_after: bool,
+    /// The algorithm that found the plan (`exact` or `anneal`).
+    pub solver: String,
     /// The margin the gain had to exceed.
     pub margin: f64,
     /// Applied, kept (not worth it), dry run, or failed.
@@ -209,7 +211,7 @@ impl DecisionRecord {
     /// One line for the decision, then one indented line per action.
     pub fn text(&self) -> String {
         let mut s = format!(
-            "decision ({}): {:?}: objective {:.1} -> {:.1}{} (margin {:.1}, migration cost {:.1}), solved in {:.0} ms, applied in {:.0} ms",
+            "decision ({}): {:?}: objective {:.1} -> {:.1}{} (margin {:.1}, migration cost {:.1}), solved by {} in {:.0} ms, applied in {:.0} ms",
             self.trigger,
             self.verdict,
             self.objective_before,
@@ -217,6 +219,7 @@ impl DecisionRecord {
             if self.feasible_after { "" } else { " (infeasible plan)" },
             self.margin,
             self.migration_cost,
+            self.solver,
             self.solve_ms,
             self.apply_ms
         );
@@ -323,6 +326,7 @@ mod tests {
             objective_after: 2.0,
             migration_cost: 0.0,
             feasible_after: true,
+            solver: "anneal".into(),
             margin: 0.1,
             verdict: Verdict::Applied,
             plan: PlanSummary::default(),

@@ -871,6 +871,7 @@ mod tests {
             objective_after: 1900.0,
             migration_cost: 5.0,
             feasible_after: true,
+            solver: "exact".into(),
             margin: 0.1,
             verdict: Verdict::Applied,
             plan: PlanSummary::default(),

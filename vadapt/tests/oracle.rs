@@ -185,3 +185,60 @@ fn exact_gives_up_cleanly_on_large_instances() {
         Err(vadapt::SolveError::SearchLimit { nodes: 100_000 })
     );
 }
+
+/// The lab the adaptor is evaluated on: the proxy and two hosts behind slow uplinks, two
+/// fast hosts, four VMs talking all to all, sharing a host worth far more than any link.
+/// The best plan pairs the VMs on the fast hosts; a plan that pairs them on a slow and a
+/// fast host is a deep local optimum (moving one VM of a pair breaks the pair first).
+fn paired_lab() -> Problem {
+    let hosts = ["h0", "h1", "h2", "h3", "h4"];
+    let fast = |h: &str| h == "h3" || h == "h4";
+    let mut links = Vec::new();
+    for a in hosts {
+        for b in hosts.iter().filter(|b| **b != a) {
+            let bw = if fast(a) && fast(b) { 960.0 } else { 19.0 };
+            links.push(serde_json::json!({"from": a, "to": b, "bw": bw, "lat": 0.1}));
+        }
+    }
+    let vms: Vec<_> = (0..4)
+        .map(|j| serde_json::json!({"name": format!("vm{j}"), "compute": 1.0, "size": 1.0, "host": format!("h{}", j + 1), "migration_cost": 10.0}))
+        .collect();
+    let mut demands = Vec::new();
+    for a in 0..4 {
+        for b in (0..4).filter(|b| *b != a) {
+            demands.push(serde_json::json!({"src": format!("vm{a}"), "dst": format!("vm{b}"), "bw": 1.5}));
+        }
+    }
+    let instance = serde_json::json!({
+        "hosts": hosts.iter().map(|h| serde_json::json!({"name": h, "compute": 2.0, "size": 8.0})).collect::<Vec<_>>(),
+        "links": links,
+        "vms": vms,
+        "demands": demands,
+        "local_bw": 10000.0,
+    });
+    Problem::from_json(&instance.to_string()).unwrap()
+}
+
+#[test]
+fn annealing_moves_co_located_groups_out_of_local_optima() {
+    let problem = paired_lab();
+    let best = exact(&problem, DEFAULT_MAX_NODES).unwrap().unwrap();
+    let best = evaluate(&problem, &best).objective;
+    let mut misses = Vec::new();
+    for seed in 1..=40 {
+        let found = anneal(&problem, seed, &mut MoveBudget(3000));
+        let e = evaluate(&problem, &found);
+        assert!(e.feasible, "seed {seed}: {e:?}");
+        if e.objective < 0.999 * best {
+            misses.push((seed, e.objective, found.placement));
+        }
+    }
+    // Deterministic (seeded move budgets): 3 of 40 seeds end on a plateau where both pairs
+    // sit on slow hosts and no single move gains; before host exchanges, the final round
+    // from the best plan and polishing, 25 of 40 ended in such basins.
+    assert!(
+        misses.len() <= 3,
+        "{} of 40 seeds miss the optimum {best}: {misses:?}",
+        misses.len()
+    );
+}

@@ -48,6 +48,9 @@ pub struct EvaluateArgs {
         default_value = "all-to-all:0,all-to-all:1,ring:0,ring:1,tree:0"
     )]
     workloads: Vec<String>,
+    /// The adaptor's algorithm (`vadapt run --solver`).
+    #[arg(long, value_enum, default_value_t = crate::run::Solver::Auto)]
+    solver: crate::run::Solver,
     /// Seconds of each throughput measurement.
     #[arg(long, default_value_t = 8.0)]
     seconds: f64,
@@ -127,11 +130,22 @@ fn measure(name: &str, topology: &str, compute_ms: f64, seconds: f64) -> Result<
 
 /// Runs `vadapt run --once` with the mode's policy while the workload runs in short
 /// bursts; returns the instance it solved.
-fn adapt(name: &str, topology: &str, compute_ms: f64, mode: Mode) -> Result<Instance> {
+fn adapt(
+    name: &str,
+    topology: &str,
+    compute_ms: f64,
+    mode: Mode,
+    solver: crate::run::Solver,
+) -> Result<Instance> {
     let exe = std::env::current_exe().context("cannot find the vadapt binary")?;
     let status = lab_status_path(name);
     let mut cmd = Command::new(exe);
-    cmd.args(["run", "--lab", name, "--once", "--probe-ms", "300"]);
+    cmd.args(["run", "--lab", name, "--once", "--probe-ms", "300", "--solver"]);
+    cmd.arg(
+        clap::ValueEnum::to_possible_value(&solver)
+            .context("solver name")?
+            .get_name(),
+    );
     match mode {
         Mode::Topology => cmd.arg("--no-migrate"),
         Mode::Migration => cmd.arg("--no-topology"),
@@ -201,7 +215,7 @@ fn configuration(
     up(name)?;
     let _guard = LabGuard(name);
     let instance = match mode {
-        Some(m) => Some(adapt(name, topology, compute_ms, m)?),
+        Some(m) => Some(adapt(name, topology, compute_ms, m, args.solver)?),
         None => None,
     };
     Ok((measure(name, topology, compute_ms, args.seconds)?, instance))

@@ -72,7 +72,10 @@ pub struct RunArgs {
     /// the lab's tc/HTB and cgroup backend.
     #[arg(long, value_name = "PROGRAM")]
     pub reserve_script: Option<PathBuf>,
-    /// Solver time budget per decision, ms.
+    /// The algorithm that decides.
+    #[arg(long, value_enum, default_value_t = Solver::Auto)]
+    pub solver: Solver,
+    /// Annealing time budget per decision, ms.
     #[arg(long, default_value_t = 500)]
     pub budget_ms: u64,
     /// Seed of the solver.
@@ -340,6 +343,34 @@ impl Follower {
     }
 }
 
+/// Which algorithm decides.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Solver {
+    /// The exact solver when it finishes within a small search (small instances: an
+    /// optimal plan in milliseconds), else annealing.
+    Auto,
+    /// Simulated annealing from greedy, within --budget-ms.
+    Anneal,
+    /// The exact solver (branch and bound), falling back to annealing past its limit.
+    Exact,
+}
+
+/// Search nodes `--solver auto` gives the exact solver before it anneals instead.
+const AUTO_EXACT_NODES: u64 = 200_000;
+
+/// Solves `p` as `--solver` says; returns the solution and the algorithm that found it.
+fn solve(args: &RunArgs, p: &vadapt::Problem, budget: &mut Deadline) -> (vadapt::Solution, &'static str) {
+    let limit = match args.solver {
+        Solver::Anneal => None,
+        Solver::Auto => Some(AUTO_EXACT_NODES),
+        Solver::Exact => Some(vadapt::exact::DEFAULT_MAX_NODES),
+    };
+    if let Some(Ok(Some(solution))) = limit.map(|nodes| vadapt::exact(p, nodes)) {
+        return (solution, "exact");
+    }
+    (anneal(p, args.seed, budget), "anneal")
+}
+
 /// Runs the adaptor until a signal (or the first decision with `--once`).
 pub fn run(args: &RunArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -464,8 +495,11 @@ fn adapt_loop(
             .with_context(|| format!("cannot write {}", instance_path.display()))?;
         let solve_start = Instant::now();
         let mut budget = Deadline::new(args.budget_ms, None);
+        let mut solver_used = "";
         let decision = adaptor::decide(&now, &current_links(&live), &policy, &mut |p| {
-            anneal(p, args.seed, &mut budget)
+            let (solution, used) = solve(args, p, &mut budget);
+            solver_used = used;
+            solution
         })
         .context("building the adaptation problem")?;
         let solve_ms = solve_start.elapsed().as_secs_f64() * 1e3;
@@ -484,6 +518,7 @@ fn adapt_loop(
             objective_after: decision.after.objective,
             migration_cost: decision.after.migration_cost,
             feasible_after: decision.after.feasible,
+            solver: solver_used.to_string(),
             margin: decision.margin,
             verdict,
             plan: summary(&decision.plan),
