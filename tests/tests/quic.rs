@@ -19,6 +19,12 @@ fn quic_star_carries_full_size_frames() {
             l.spec.name
         );
     }
+    // The TAPs' default MTU (1394) keeps frames within one UDP datagram; QUIC links cut
+    // larger frames themselves, so let the VMs send 1500-byte packets.
+    for j in 0..2 {
+        run(in_netns(&lab.vm(j).netns, "ip").args(["link", "set", "eth0", "mtu", "1500"]))
+            .unwrap_or_else(|e| panic!("raising vm{j}'s MTU: {e}"));
+    }
     let before = lab.stats(0).link("h0-h2");
     // 1472 bytes of ICMP payload make 1514-byte Ethernet frames; -M do forbids IP
     // fragmentation, so only vnet's own fragmentation can carry them.

@@ -5,11 +5,11 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use vnet_e2e::{root_or_skip, run, vnet, wait_for, Lab, Proc, IPERF_PORT};
+use vnet_e2e::{root_or_skip, vnet, wait_for, Lab, Proc, IPERF_PORT};
 
 /// `vnet lab reservations --json`, the parts the tests read.
 #[derive(Debug, Deserialize)]
@@ -140,14 +140,10 @@ fn link_reservation_holds_against_competing_bulk_traffic() {
         ),
         ("h1", "h2", "h3")
     );
-    // A UDP link carries a 1500-byte frame in a datagram larger than the underlay's 1500
-    // bytes, which IP fragments; the shaper dropping one fragment of a pair leaves the
-    // other in h3's reassembly buffer, which a flood fills until it drops every
-    // fragmented datagram, reserved or not. Smaller VM frames keep datagrams whole.
-    for j in 0..3 {
-        run(Command::new("ip").args(["-n", &lab.vm(j).netns, "link", "set", "eth0", "mtu", "1400"]))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    // The VMs' NICs have vnetd's default MTU (underlay minus link overhead), so UDP links
+    // carry every frame in one unfragmented datagram: a shaper dropping one fragment of a
+    // pair would leave the other in h3's reassembly buffer, which a flood fills until it
+    // drops every fragmented datagram, reserved or not.
     lab.wait_ping(0, 2, Duration::from_secs(5));
     lab.wait_ping(1, 2, Duration::from_secs(5));
     assert!(reservations("rs1").links.is_empty());

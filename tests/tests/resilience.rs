@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use vnet_e2e::{root_or_skip, Lab};
+use vnet_e2e::{kill, root_or_skip, wait_for, Lab};
 
 /// How long connectivity may take to return after the proxy is back. The target is
 /// within a second; this bound is generous so a loaded machine does not flake.
@@ -143,4 +143,38 @@ fn host_restart_restores_its_configuration() {
         lab.link(0, "h0-h1").sessions > proxy_sessions,
         "the proxy saw no new session from the restarted h1"
     );
+}
+
+/// A TCP link whose peer falls silent without closing the connection (a frozen or vanished
+/// host) is declared down once keepalives stop, and comes back when the peer does.
+#[test]
+fn a_silent_tcp_peer_is_declared_dead() {
+    if !root_or_skip("a_silent_tcp_peer_is_declared_dead") {
+        return;
+    }
+    let lab = Lab::up("e2esil", &["--hosts", "3", "--vms", "2"]);
+    let proxy = lab.pid(0);
+    kill(proxy, "STOP");
+    // Resume the proxy even if an assertion fails, so the lab can be torn down.
+    struct Resume(u32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &self.0.to_string()])
+                .status();
+        }
+    }
+    let resume = Resume(proxy);
+    let down = wait_for(
+        Duration::from_secs(10),
+        "h1 to declare the frozen proxy's link down",
+        || !lab.link(1, "h0-h1").up(),
+    );
+    assert!(
+        down >= Duration::from_secs(3),
+        "declared down after {down:?}, before any timeout"
+    );
+    drop(resume);
+    lab.wait_link_up(1, "h0-h1", Duration::from_secs(10));
+    lab.wait_ping(0, 1, Duration::from_secs(5));
 }

@@ -41,8 +41,23 @@ use crate::table::RuleId;
 
 /// Default TCP/UDP port for links.
 pub const DEFAULT_LINK_PORT: u16 = 7400;
-/// Default MTU of a TAP interface vnetd creates.
-pub const DEFAULT_MTU: u32 = 1500;
+/// What a link adds around a TAP's IP packet in the worst case, so that a frame from a TAP
+/// at [`default_tap_mtu`] fits one underlay packet on every link type: IPv6 (40) and UDP
+/// (8) headers, the link header, the seal (counter and tag), and the frame's Ethernet
+/// header with a VLAN tag (18).
+pub const TAP_MTU_OVERHEAD: u32 =
+    40 + 8 + crate::wire::HEADER_LEN as u32 + crate::crypto::SEAL_OVERHEAD as u32 + 18;
+
+/// Smallest MTU a TAP gets by default (IPv4's minimum datagram size), however small the
+/// underlay.
+pub const MIN_TAP_MTU: u32 = 576;
+
+/// The MTU a TAP gets when its spec names none: the underlay MTU (`link_mtu`) minus
+/// [`TAP_MTU_OVERHEAD`], so the VM's full-size packets cross UDP links without IP
+/// fragmentation (TCP super-frames are cut to fit anyway; QUIC fragments in user space).
+pub fn default_tap_mtu(link_mtu: u32) -> u32 {
+    link_mtu.saturating_sub(TAP_MTU_OVERHEAD).max(MIN_TAP_MTU)
+}
 /// Longest name of a link, interface or node (fits the wire handshake and Linux IFNAMSIZ
 /// for devices).
 pub const MAX_NAME_LEN: usize = 64;
@@ -467,6 +482,15 @@ src = "any"
 dst = "none"
 out = ["link:h0-h1"]
 "#;
+
+    #[test]
+    fn default_tap_mtu_leaves_room_for_the_worst_link() {
+        // 1500 − 40 − 8 − 16 − 24 − 18: a 1394-byte packet, 1412-byte frame, sealed in a
+        // 1452-byte UDP payload, is a 1500-byte IPv6 packet.
+        assert_eq!(default_tap_mtu(1500), 1394);
+        assert_eq!(default_tap_mtu(9000), 8894);
+        assert_eq!(default_tap_mtu(600), MIN_TAP_MTU);
+    }
 
     #[test]
     fn parses_the_documented_example() {

@@ -432,7 +432,8 @@ impl Daemon {
         let output = Output::Iface(spec.name.clone());
         let id = Self::port_id(st, &output);
         let stats = st.port_stats[id.0 as usize].clone();
-        let device = iface::open(spec).map_err(|e| format!("interface `{}`: {e}", spec.name))?;
+        let device = iface::open(spec, self.identity.link_mtu)
+            .map_err(|e| format!("interface `{}`: {e}", spec.name))?;
         let device = Arc::new(device);
         let vnet_hdr = spec.kind == crate::config::IfaceKind::Tap && spec.offload;
         let task = iface::spawn_reader(

@@ -18,6 +18,7 @@ use std::io::{ErrorKind, IoSlice, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
@@ -105,6 +106,35 @@ pub struct Datapath {
     cache_misses: AtomicU64,
     vttif_on: AtomicBool,
     vttif: Mutex<Accounts>,
+    too_large_log: LogLimit,
+}
+
+/// At most one log line per [`LogLimit::EVERY`]: per-frame problems are counted, and
+/// logged only so that an operator notices them.
+#[derive(Debug)]
+struct LogLimit {
+    start: Instant,
+    /// Milliseconds after `start` of the last line, plus one (0: never).
+    last_ms: AtomicU64,
+}
+
+impl LogLimit {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> LogLimit {
+        LogLimit {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a line may be logged now (and if so, the next one waits).
+    fn allow(&self) -> bool {
+        let now = self.start.elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Relaxed);
+        (last == 0 || now >= last + Self::EVERY.as_millis() as u64)
+            && self.last_ms.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+    }
 }
 
 /// Every worker's VTTIF table, and what ended workers counted.
@@ -124,6 +154,7 @@ impl Default for Datapath {
             cache_misses: AtomicU64::new(0),
             vttif_on: AtomicBool::new(true),
             vttif: Mutex::default(),
+            too_large_log: LogLimit::new(),
         }
     }
 }
@@ -221,6 +252,15 @@ impl Datapath {
                 Err(reason) => {
                     port.stats.tx_drop();
                     self.drops.add(reason);
+                    if reason == DropReason::TooLarge && self.too_large_log.allow() {
+                        tracing::warn!(
+                            port = %port.name,
+                            frame = frame.len(),
+                            "frame too large for the port, dropped (counted as too_large; \
+                             lower the sender's MTU or raise link_mtu); next such line in {}s at the earliest",
+                            LogLimit::EVERY.as_secs()
+                        );
+                    }
                 }
             }
         }
@@ -444,8 +484,13 @@ fn send_one(
             peer,
             session,
             sealer,
-            ..
+            max_frame,
         } => {
+            // Larger would leave as IP fragments, which a lossy path turns into lost
+            // reassembly buffers; the TAP's default MTU keeps frames below this.
+            if frame.len() > *max_frame {
+                return Err(DropReason::TooLarge);
+            }
             msg.clear();
             wire::encode_frame(sealer.as_deref(), hops, *session, flags, &parts, msg)
                 .map_err(|_| DropReason::TooLarge)?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use crate::config::{IfaceKind, IfaceSpec, DEFAULT_MTU};
+use crate::config::{default_tap_mtu, IfaceKind, IfaceSpec};
 use crate::daemon::Daemon;
 use crate::forward::DropReason;
 use crate::forward::PortStats;
@@ -20,14 +20,15 @@ use crate::wire::DEFAULT_HOP_LIMIT;
 /// jumbo frame of an MTU up to 65000).
 const MAX_DEVICE_READ: usize = VIRTIO_NET_HDR_LEN + 65_535 + 64;
 
-/// Opens the device of an interface.
-pub fn open(spec: &IfaceSpec) -> std::io::Result<File> {
+/// Opens the device of an interface; a TAP without an MTU gets [`default_tap_mtu`] of the
+/// daemon's `link_mtu`.
+pub fn open(spec: &IfaceSpec, link_mtu: u32) -> std::io::Result<File> {
     match spec.kind {
         IfaceKind::Tap => sys::open_tap(&sys::TapParams {
             device: spec.device().to_string(),
             netns: spec.netns.clone(),
             mac: spec.mac,
-            mtu: spec.mtu.unwrap_or(DEFAULT_MTU),
+            mtu: spec.mtu.unwrap_or_else(|| default_tap_mtu(link_mtu)),
             offload: spec.offload,
         }),
         IfaceKind::Attach => {

@@ -33,8 +33,6 @@ pub const LINK_PORT: u16 = 7400;
 pub const MAX_LAB_NAME: usize = 8;
 /// Most hosts (and most VMs) a lab can have: one /24's worth of host numbers.
 pub const MAX_NODES: usize = 254;
-/// MTU of the VM NICs.
-pub const VM_MTU: u32 = 1500;
 
 /// Checks that `name` is a lab name: 1-8 characters of [a-z0-9].
 pub fn check_lab_name(name: &str) -> Result<()> {
@@ -352,7 +350,8 @@ impl Plan {
                 device: Some("eth0".into()),
                 netns: Some(self.vm_ns(j)),
                 mac: Some(Self::vm_mac(j)),
-                mtu: Some(VM_MTU),
+                // vnetd's default: the underlay MTU minus the worst link's overhead.
+                mtu: None,
                 offload: self.offload,
             }
         }
@@ -686,7 +685,8 @@ mod tests {
         );
         assert_eq!(tap.netns.as_deref(), Some("lt-vm0"));
         assert_eq!(tap.mac, Some(Plan::vm_mac(0)));
-        assert_eq!(tap.mtu, Some(1500));
+        // No MTU: vnetd derives it from the underlay's (`config::default_tap_mtu`).
+        assert_eq!(tap.mtu, None);
         assert_eq!(
             rules_text(&h1),
             [

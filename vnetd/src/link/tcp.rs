@@ -2,7 +2,8 @@
 //! backoff), an acceptor for links the peer dials (and for bandwidth probes,
 //! [`super::probe`]), and the session that moves frames. A session sends a stamped
 //! keepalive every `KEEPALIVE` from its writer, ahead of queued frames, so that both
-//! ends measure the round-trip time (`link::meter`).
+//! ends measure the round-trip time (`link::meter`); once a peer has sent one, its silence
+//! for `DEAD_AFTER` ends the session (a host gone without closing the connection).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,7 @@ use crate::link::stream::{
     adopt_session, initiate, read_hello, recv_into, redial, respond_link, session_crypto, superframes,
     LinkError,
 };
-use crate::link::udp::KEEPALIVE;
+use crate::link::udp::{DEAD_AFTER, KEEPALIVE};
 use crate::link::{deliver, frame_payload, idle_state, update};
 use crate::rule::Output;
 use crate::wire::{self, Kind};
@@ -175,8 +176,23 @@ async fn read_loop(
     let mut worker = daemon.datapath.worker();
     let mut payload = Vec::with_capacity(wire::MAX_PAYLOAD);
     let mut plain = Vec::new();
+    // A peer that has sent a keepalive keeps sending them; its silence then means it is
+    // gone (a host that vanished without closing the connection). A peer that never sent
+    // one (an older daemon) is left to TCP.
+    let mut keeps_alive = false;
     loop {
-        let header = match recv_into(&mut read, &mut payload).await {
+        let received = if keeps_alive {
+            match tokio::time::timeout(DEAD_AFTER, recv_into(&mut read, &mut payload)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    daemon.datapath.report_cache(&mut worker);
+                    return LinkError::Transport(format!("no message from the peer for {DEAD_AFTER:?}"));
+                }
+            }
+        } else {
+            recv_into(&mut read, &mut payload).await
+        };
+        let header = match received {
             Ok(h) => h,
             Err(e) => {
                 if let LinkError::Wire(_) = e {
@@ -204,6 +220,7 @@ async fn read_loop(
                 }
             }
             Kind::Keepalive => {
+                keeps_alive = true;
                 if meter.on_keepalive(&payload).is_err() {
                     daemon.datapath.drops.add(DropReason::BadMessage);
                 }

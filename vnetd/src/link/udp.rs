@@ -40,8 +40,8 @@ use crate::wire::{self, Header, Kind};
 /// 1 s, a proxy restart cut a host that only receives off for up to ~1.1 s.
 /// TCP links send theirs at the same interval.
 pub(crate) const KEEPALIVE: Duration = Duration::from_millis(400);
-/// Silence after which an up session is dead.
-const DEAD_AFTER: Duration = Duration::from_millis(5000);
+/// Silence after which an up session is dead (TCP sessions whose peer keeps alive too).
+pub(crate) const DEAD_AFTER: Duration = Duration::from_millis(5000);
 /// Interval between retransmissions of Hello and Proof.
 const RETRANSMIT: Duration = Duration::from_millis(250);
 /// A handshake that has not finished by then starts over.
