@@ -468,13 +468,13 @@ impl Drop for IperfRun {
 #[derive(Debug)]
 pub struct PingMonitor {
     _ping: Proc,
-    replies: mpsc::Receiver<Instant>,
+    replies: mpsc::Receiver<(String, Instant)>,
 }
 
 impl PingMonitor {
     /// The arrival times of the replies received since the last call.
     pub fn drain(&self) -> Vec<Instant> {
-        self.replies.try_iter().collect()
+        self.replies.try_iter().map(|(_, t)| t).collect()
     }
 
     /// Waits up to `timeout` for a reply that arrives after `after`; its arrival time.
@@ -484,7 +484,7 @@ impl PingMonitor {
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
             match self.replies.recv_timeout(left) {
-                Ok(t) if t > after => return Some(t),
+                Ok((_, t)) if t > after => return Some(t),
                 Ok(_) => {}
                 Err(_) => return None,
             }
@@ -710,9 +710,15 @@ impl Lab {
         })
     }
 
-    /// Starts `ping -i INTERVAL` from VM `from` to VM `to` in the background, noting when
-    /// each reply arrives.
-    pub fn ping_monitor(&self, from: usize, to: usize, interval: Duration) -> PingMonitor {
+    /// Starts `ping -i INTERVAL` from VM `from` to VM `to` in the background; each reply
+    /// line comes through the receiver with its arrival time. Dropping the [`Proc`] stops
+    /// the ping.
+    pub fn ping_replies(
+        &self,
+        from: usize,
+        to: usize,
+        interval: Duration,
+    ) -> (Proc, mpsc::Receiver<(String, Instant)>) {
         let mut child = self
             .in_vm(from, "ping")
             .args(["-n", "-W", "1", "-i"])
@@ -729,15 +735,19 @@ impl Lab {
             // ping flushes every line, so a line's arrival is the reply's arrival (to
             // within the pipe's latency).
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("bytes from") && tx.send(Instant::now()).is_err() {
+                if line.contains("bytes from") && tx.send((line, Instant::now())).is_err() {
                     return;
                 }
             }
         });
-        PingMonitor {
-            _ping: Proc(child),
-            replies: rx,
-        }
+        (Proc(child), rx)
+    }
+
+    /// Starts `ping -i INTERVAL` from VM `from` to VM `to` in the background, noting when
+    /// each reply arrives.
+    pub fn ping_monitor(&self, from: usize, to: usize, interval: Duration) -> PingMonitor {
+        let (ping, replies) = self.ping_replies(from, to, interval);
+        PingMonitor { _ping: ping, replies }
     }
 
     /// The MAC VM `from` has learnt for VM `to`'s address (ARP), if any.

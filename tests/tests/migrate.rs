@@ -2,9 +2,8 @@
 //! migration of its receiver, the black-hole time a 10 ms ping sees, rollback of a
 //! migration that fails at any step, and the `lab-migrate` hook run by the hook runner.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -214,53 +213,33 @@ fn tcp_transfer_survives_a_migration() {
 /// Echo replies of a `ping -i 0.01` by sequence number, with their arrival times.
 struct SeqPing {
     _ping: Proc,
-    replies: mpsc::Receiver<(u32, Instant)>,
+    replies: mpsc::Receiver<(String, Instant)>,
     seen: Vec<(u32, Instant)>,
     dups: usize,
 }
 
 impl SeqPing {
     fn start(lab: &Lab, from: usize, to: usize) -> SeqPing {
-        let mut child = lab
-            .in_vm(from, "ping")
-            .args(["-n", "-W", "1", "-i", "0.01"])
-            .arg(lab.vm(to).ip.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting ping");
-        let stdout = child.stdout.take().expect("ping stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // "64 bytes from 198.19.0.2: icmp_seq=12 ttl=64 time=0.5 ms [(DUP!)]"
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let seq = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("icmp_seq="))
-                    .and_then(|n| n.parse::<u32>().ok());
-                if let Some(seq) = seq {
-                    let dup = u32::from(line.contains("DUP!")) << 31;
-                    if tx.send((seq | dup, Instant::now())).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
+        let (ping, replies) = lab.ping_replies(from, to, Duration::from_millis(10));
         SeqPing {
-            _ping: Proc(child),
-            replies: rx,
+            _ping: ping,
+            replies,
             seen: Vec::new(),
             dups: 0,
         }
     }
 
     fn drain(&mut self) {
-        for (seq, t) in self.replies.try_iter() {
-            if seq >> 31 == 1 {
-                self.dups += 1;
-            } else {
-                self.seen.push((seq, t));
+        // "64 bytes from 198.19.0.2: icmp_seq=12 ttl=64 time=0.5 ms [(DUP!)]"
+        for (line, t) in self.replies.try_iter() {
+            let seq = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("icmp_seq="))
+                .and_then(|n| n.parse::<u32>().ok());
+            match seq {
+                Some(_) if line.contains("DUP!") => self.dups += 1,
+                Some(seq) => self.seen.push((seq, t)),
+                None => {}
             }
         }
     }
