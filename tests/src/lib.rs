@@ -524,6 +524,17 @@ impl Drop for Teardown {
     }
 }
 
+/// A vnetd of another overlay started by [`Lab::spawn_rogue`].
+#[derive(Debug)]
+pub struct Rogue {
+    /// Its link listen address.
+    pub listen: String,
+    /// Its control socket.
+    pub control: PathBuf,
+    /// Its PID.
+    pub pid: u32,
+}
+
 /// A lab built for one test; dropping it (also when the test panics) stops the daemons
 /// the test started and tears the lab down.
 #[derive(Debug)]
@@ -892,6 +903,39 @@ impl Lab {
         assert!(!exited, "vnetd in {netns} exited at start; {}", log_tail(log, 20));
         self.daemons.push(proc);
         pid
+    }
+
+    /// Starts a vnetd of another overlay: node `rogue` with a random key of its own, on h1's
+    /// underlay address at port 7411 (h1's daemon holds 7400 and, in QUIC labs, 7401), with
+    /// `extra` appended to its config (`[[link]]` tables, say). Stopped with the lab.
+    pub fn spawn_rogue(&mut self, extra: &str) -> Rogue {
+        let dir = self.info.dir.clone();
+        let (key, config, control, log) = (
+            dir.join("rogue.key"),
+            dir.join("rogue.toml"),
+            dir.join("rogue.sock"),
+            dir.join("rogue.log"),
+        );
+        let hex: String = random_bytes(32).iter().map(|b| format!("{b:02x}")).collect();
+        fs::write(&key, hex + "\n").expect("writing the rogue key");
+        let listen = format!("{}:7411", self.host(1).underlay);
+        fs::write(
+            &config,
+            format!(
+                "node = \"rogue\"\nkey_file = {:?}\nlisten = \"{listen}\"\ncontrol = {:?}\n\n{extra}",
+                key.display().to_string(),
+                control.display().to_string()
+            ),
+        )
+        .expect("writing the rogue config");
+        let netns = self.host(1).netns.clone();
+        let pid = self.spawn_vnetd(
+            &netns,
+            &[OsStr::new("--config"), config.as_os_str()],
+            &log,
+            &control,
+        );
+        Rogue { listen, control, pid }
     }
 
     /// Starts host `i`'s vnetd again from its config file (after [`Lab::stop_daemon`])

@@ -2,12 +2,11 @@
 //! (TCP, UDP) or QUIC's estimate, throughput from the link counters, and bounded active
 //! bandwidth probes between daemons (`vnet measure`, `vnet measure --probe`).
 
-use std::ffi::OsStr;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use vnet_e2e::{bin, random_bytes, root_or_skip, wait_for, Lab, Proc};
+use vnet_e2e::{bin, root_or_skip, wait_for, Lab, Proc};
 use vnetd::control::proto::{LinkState, MeasureReport, ProbeResult};
 
 /// The rate `--uplink h2=RATE` shapes h2 to, Mbit/s.
@@ -263,7 +262,7 @@ fn probes_measure_available_bandwidth_within_limits() {
     assert!((long_result.mbps - SHAPED_MBPS).abs() <= 0.25 * SHAPED_MBPS);
 
     // (d) A daemon with another network key neither answers nor sends probes.
-    let rogue = rogue_daemon(&mut lab);
+    let rogue = lab.spawn_rogue("");
     let to_rogue = probe(&lab, 1, &rogue.listen, &[]).expect_err("a probe to a stranger succeeded");
     assert!(to_rogue.contains("authentication failed"), "{to_rogue}");
     let from_rogue = vnet_e2e::vnet(&[
@@ -282,40 +281,4 @@ fn probes_measure_available_bandwidth_within_limits() {
         assert_eq!(&after, before, "h{i}'s links changed");
         assert!(lab.stats(i).links.iter().all(|(n, _)| !n.starts_with('.')));
     }
-}
-
-/// A vnetd of another overlay (its own random key), on h1's underlay address.
-struct Rogue {
-    listen: String,
-    control: std::path::PathBuf,
-}
-
-fn rogue_daemon(lab: &mut Lab) -> Rogue {
-    let dir = lab.info.dir.clone();
-    let (key, config, control, log) = (
-        dir.join("rogue.key"),
-        dir.join("rogue.toml"),
-        dir.join("rogue.sock"),
-        dir.join("rogue.log"),
-    );
-    let hex: String = random_bytes(32).iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&key, hex + "\n").expect("writing the rogue key");
-    let listen = format!("{}:7411", lab.host(1).underlay);
-    std::fs::write(
-        &config,
-        format!(
-            "node = \"rogue\"\nkey_file = {:?}\nlisten = \"{listen}\"\ncontrol = {:?}\n",
-            key.display().to_string(),
-            control.display().to_string()
-        ),
-    )
-    .expect("writing the rogue config");
-    let netns = lab.host(1).netns.clone();
-    lab.spawn_vnetd(
-        &netns,
-        &[OsStr::new("--config"), config.as_os_str()],
-        &log,
-        &control,
-    );
-    Rogue { listen, control }
 }

@@ -1,7 +1,6 @@
 //! Hostile peers: a daemon with the wrong network key, a forged handshake, and random
 //! bytes thrown at link ports and control sockets.
 
-use std::ffi::OsStr;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
@@ -10,11 +9,6 @@ use std::time::{Duration, Instant};
 
 use vnet_e2e::{kill, pid_alive, random_bytes, root_or_skip, wait_for, wire_header, Lab};
 use vnetd::wire::Kind;
-
-/// 64 random hex digits: a network key nobody in the lab has.
-fn random_key() -> String {
-    random_bytes(32).iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// A daemon with the wrong key dialing the proxy over TCP never brings its link up and
 /// never disturbs the real host's session; a peer that answers the proxy's challenge
@@ -50,33 +44,11 @@ fn rogue_cannot_join(lab: &mut Lab, proto: &str, proxy_port: u16) {
 
     // The rogue lives on h1's underlay address (another port), claims the proxy's link
     // h0-h1, and holds a key of its own.
-    let dir = lab.info.dir.clone();
-    let (key, config, control, log) = (
-        dir.join("rogue.key"),
-        dir.join("rogue.toml"),
-        dir.join("rogue.sock"),
-        dir.join("rogue.log"),
-    );
-    std::fs::write(&key, random_key() + "\n").expect("writing the rogue key");
-    // A port of its own: h1's daemon holds 7400 (TCP, UDP) and, in QUIC labs, 7401.
-    let listen = format!("{}:7411", lab.host(1).underlay);
-    std::fs::write(
-        &config,
-        format!(
-            "node = \"rogue\"\nkey_file = {:?}\nlisten = \"{listen}\"\ncontrol = {:?}\n\n\
-             [[link]]\nname = \"h0-h1\"\nproto = \"{proto}\"\npeer = \"{proxy}\"\n",
-            key.display().to_string(),
-            control.display().to_string()
-        ),
-    )
-    .expect("writing the rogue config");
+    let rogue = lab.spawn_rogue(&format!(
+        "[[link]]\nname = \"h0-h1\"\nproto = \"{proto}\"\npeer = \"{proxy}\"\n"
+    ));
+    let control = rogue.control.clone();
     let netns = lab.host(1).netns.clone();
-    let rogue = lab.spawn_vnetd(
-        &netns,
-        &[OsStr::new("--config"), config.as_os_str()],
-        &log,
-        &control,
-    );
     let rogue_ctl = |args: &[&str]| -> String {
         let mut all = vec!["-c", control.to_str().expect("utf-8 path")];
         all.extend_from_slice(args);
@@ -135,8 +107,10 @@ fn rogue_cannot_join(lab: &mut Lab, proto: &str, proxy_port: u16) {
     let (sent, received) = lab.ping(0, 1, 3, Duration::from_millis(100));
     assert_eq!((sent, received), (3, 3), "ping vm0 -> vm1 with the rogue around");
 
-    kill(rogue, "TERM");
-    wait_for(Duration::from_secs(5), "the rogue to exit", || !pid_alive(rogue));
+    kill(rogue.pid, "TERM");
+    wait_for(Duration::from_secs(5), "the rogue to exit", || {
+        !pid_alive(rogue.pid)
+    });
 }
 
 /// Bytes a TCP link port gets: random junk, headers announcing absurd or unmet lengths,

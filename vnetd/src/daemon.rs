@@ -595,6 +595,13 @@ impl Daemon {
         }
     }
 
+    /// A copy of link `name`'s run-time status, if it runs.
+    fn link_info(st: &State, name: &str) -> Option<LinkInfo> {
+        st.links
+            .get(name)
+            .map(|rt| rt.info.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
     fn counters(st: &State, output: &Output) -> PortCounters {
         st.registry
             .get(output)
@@ -627,10 +634,7 @@ impl Daemon {
             .links
             .iter()
             .map(|spec| {
-                let info = st
-                    .links
-                    .get(&spec.name)
-                    .map(|rt| rt.info.lock().unwrap_or_else(|p| p.into_inner()).clone());
+                let info = Self::link_info(&st, &spec.name);
                 LinkStatus {
                     spec: spec.clone(),
                     state: info.as_ref().map_or(LinkState::Connecting, |i| i.state),
@@ -652,10 +656,7 @@ impl Daemon {
             .links
             .iter()
             .map(|spec| {
-                let info = st
-                    .links
-                    .get(&spec.name)
-                    .map(|rt| rt.info.lock().unwrap_or_else(|p| p.into_inner()).clone());
+                let info = Self::link_info(&st, &spec.name);
                 let m = info.as_ref().map(|i| i.measure).unwrap_or_default();
                 let bps = |r: &crate::measure::RateMeter| r.bits_per_sec().map_or(0, |b| b.round() as u64);
                 let counters = Self::counters(&st, &Output::Link(spec.name.clone()));
