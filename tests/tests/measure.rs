@@ -196,44 +196,55 @@ fn probes_measure_available_bandwidth_within_limits() {
     // no other prober.
     let socket = lab.host(1).control.clone();
     let h2 = listen(&lab, 2);
-    let mut long = Proc(
-        Command::new(bin("vnet"))
-            .arg("-c")
-            .arg(&socket)
-            .args([
-                "measure",
-                "--probe",
-                &h2,
-                "--bytes",
-                "268435456",
-                "--ms",
-                "3000",
-                "--json",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the long probe"),
-    );
-    let (mut stdout, mut stderr) = (
-        long.0.stdout.take().expect("probe stdout"),
-        long.0.stderr.take().expect("probe stderr"),
-    );
+    let start_long_probe = || {
+        Proc(
+            Command::new(bin("vnet"))
+                .arg("-c")
+                .arg(&socket)
+                .args([
+                    "measure",
+                    "--probe",
+                    &h2,
+                    "--bytes",
+                    "268435456",
+                    "--ms",
+                    "3000",
+                    "--json",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting the long probe"),
+        )
+    };
+    let mut long = start_long_probe();
     let mut refusal = String::new();
-    wait_for(
-        Duration::from_secs(2),
-        "h1 to refuse a second probe",
-        || match probe(&lab, 1, &listen(&lab, 0), &[]) {
-            // Until the long probe runs, h1's probes reach h0, which then refuses the next
-            // one for coming sooner than its minimum interval: not the refusal wanted.
+    wait_for(Duration::from_secs(3), "h1 to refuse a second probe", || {
+        if long.exited() {
+            // h2 answered a probe moments ago and refuses the next one for coming
+            // sooner than its minimum interval: start it again.
+            let mut err = String::new();
+            let _ = long.0.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            assert!(err.contains("probes must be"), "the long probe failed: {err}");
+            long = start_long_probe();
+            return false;
+        }
+        match probe(&lab, 1, &listen(&lab, 0), &[]) {
+            // Until the long probe runs, h1's probes reach h0, which then refuses the
+            // next one for coming sooner than its minimum interval: not the refusal
+            // wanted.
             Err(e) if e.contains("probes must be") => false,
             Err(e) => {
                 refusal = e;
                 true
             }
             Ok(_) => false,
-        },
+        }
+    });
+    let (mut stdout, mut stderr) = (
+        long.0.stdout.take().expect("probe stdout"),
+        long.0.stderr.take().expect("probe stderr"),
     );
     assert!(
         refusal.contains("this daemon: another probe is running"),

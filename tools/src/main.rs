@@ -30,8 +30,10 @@ enum Command {
     /// application measured before and after the adaptor (`vadapt run`) adapts the overlay
     /// to it by itself, with what it did and the speedup (needs root).
     Demo(demo::DemoArgs),
-    /// Throughput and RTT VM to VM over vnet TCP, vnet UDP and kernel VXLAN, in one run
-    /// (needs root, iperf3; build with --release for meaningful figures).
+    /// Throughput and RTT VM to VM over vnet links (TCP, QUIC, sealed TCP and UDP, UDP),
+    /// kernel VXLAN and tinc in one run, as ratios to VXLAN and tinc; rule-table lookups
+    /// per second; each target PASS or MISS (needs root, iperf3, tinc; `--lookup-only`
+    /// needs none; build with --release for meaningful figures).
     Bench(bench::BenchArgs),
     /// The application topology and traffic matrix VTTIF infers from the daemons' counters
     /// (`--lab N` for every daemon of a lab; `--watch` follows changes).

@@ -80,6 +80,11 @@ pub struct DaemonConfig {
     /// frames that fit one underlay packet.
     #[serde(default = "default_link_mtu")]
     pub link_mtu: u32,
+    /// Queues of each TAP device, each read by a thread of its own (the kernel spreads
+    /// flows over them). Default: the number of CPUs, at most 4; 1 opens single-queue
+    /// TAPs.
+    #[serde(default)]
+    pub tap_queues: Option<u16>,
     /// Address the QUIC listener binds (a UDP port other than `listen`'s); without it,
     /// QUIC links can dial out but not wait for peers.
     #[serde(default)]
@@ -141,10 +146,11 @@ pub struct IfaceSpec {
     pub netns: Option<String>,
     /// MAC address to give a TAP (default: the kernel's random one).
     pub mac: Option<MacAddr>,
-    /// MTU to give a TAP (default 1500).
+    /// MTU to give a TAP (default: `link_mtu` minus the worst link's overhead).
     pub mtu: Option<u32>,
-    /// TAP offloads (virtio-net header, checksum and TSO): on by default; the kernel then
-    /// hands vnetd 64 KiB TCP super-frames, which links to capable peers carry whole.
+    /// Offloads (virtio-net header, checksum and TSO; on an attached interface,
+    /// PACKET_VNET_HDR): on by default; the kernel then hands vnetd 64 KiB TCP
+    /// super-frames, which links to capable peers carry whole.
     #[serde(default = "default_offload")]
     pub offload: bool,
 }
@@ -267,6 +273,9 @@ pub enum ConfigError {
     /// The underlay MTU is outside what IP allows.
     #[error("link_mtu {0} is outside 576..=65535")]
     BadLinkMtu(u32),
+    /// A TAP queue count vnetd does not open.
+    #[error("tap_queues {0} is outside 1..=16")]
+    BadTapQueues(u16),
     /// A QUIC link waits for its peer but the daemon has no QUIC listener.
     #[error("link `{0}` waits for a QUIC peer, but quic_listen is not set")]
     QuicWithoutListen(String),
@@ -398,6 +407,15 @@ impl Topology {
 }
 
 impl DaemonConfig {
+    /// Queues per TAP: `tap_queues`, else one per CPU, at most 4 (more threads than cores
+    /// only contend).
+    pub fn tap_queue_count(&self) -> usize {
+        match self.tap_queues {
+            Some(q) => usize::from(q),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        }
+    }
+
     /// Parses and validates a config file's text.
     pub fn from_toml(text: &str) -> Result<DaemonConfig, ConfigError> {
         let c: DaemonConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
@@ -413,6 +431,9 @@ impl DaemonConfig {
         }
         if !(576..=65535).contains(&self.link_mtu) {
             return Err(ConfigError::BadLinkMtu(self.link_mtu));
+        }
+        if let Some(q) = self.tap_queues.filter(|q| !(1..=MAX_TAP_QUEUES).contains(q)) {
+            return Err(ConfigError::BadTapQueues(q));
         }
         if self.quic_listen.is_none() {
             if let Some(l) = self
@@ -433,6 +454,9 @@ impl DaemonConfig {
         self.topology.validate()
     }
 }
+
+/// Most queues a TAP gets.
+pub const MAX_TAP_QUEUES: u16 = 16;
 
 fn default_link_mtu() -> u32 {
     1500

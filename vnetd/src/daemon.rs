@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use tokio::task::JoinHandle;
 
+use crate::threads::DataThread;
+
 use crate::config::{IfaceSpec, LinkProto, LinkSpec, RuleEntry, Topology};
 use crate::control::proto::{
     ControlError, IfaceStatus, LinkMeasurement, LinkState, LinkStatus, MeasureReport, PortCounters, Request,
@@ -37,6 +39,8 @@ pub struct Identity {
     /// MTU of the underlay path links cross: UDP links segment TCP super-frames so each
     /// frame fits one packet.
     pub link_mtu: u32,
+    /// Queues per TAP device, each with a reader thread.
+    pub tap_queues: usize,
 }
 
 /// What a link's tasks report about it.
@@ -57,7 +61,8 @@ pub struct LinkInfo {
 }
 
 struct IfaceRuntime {
-    task: Option<JoinHandle<()>>,
+    /// A reader thread per queue, each with the task that reports its failure.
+    readers: Vec<(DataThread, JoinHandle<()>)>,
     device: Option<Arc<std::fs::File>>,
     error: Option<String>,
 }
@@ -81,6 +86,15 @@ struct State {
     ifaces: HashMap<String, IfaceRuntime>,
     links: HashMap<String, LinkRuntime>,
     session_seq: u64,
+}
+
+/// Stops an interface's reader threads and waits for them: they hold the device open, and
+/// it must be closed before the same TAP can be opened again (a restarted interface).
+fn stop_readers(readers: Vec<(DataThread, JoinHandle<()>)>) {
+    for (thread, watcher) in readers {
+        watcher.abort();
+        thread.stop_and_join();
+    }
 }
 
 /// The daemon.
@@ -296,7 +310,7 @@ impl Daemon {
                 st.ifaces.insert(
                     i.name.clone(),
                     IfaceRuntime {
-                        task: None,
+                        readers: Vec::new(),
                         device: None,
                         error: Some(e),
                     },
@@ -432,23 +446,36 @@ impl Daemon {
         let output = Output::Iface(spec.name.clone());
         let id = Self::port_id(st, &output);
         let stats = st.port_stats[id.0 as usize].clone();
-        let device = iface::open(spec, self.identity.link_mtu)
-            .map_err(|e| format!("interface `{}`: {e}", spec.name))?;
-        let device = Arc::new(device);
-        let vnet_hdr = spec.kind == crate::config::IfaceKind::Tap && spec.offload;
-        let task = iface::spawn_reader(
-            self.clone(),
-            spec.name.clone(),
-            id,
-            device.clone(),
-            vnet_hdr,
-            stats.clone(),
-        );
+        let queues: Vec<Arc<std::fs::File>> =
+            iface::open(spec, self.identity.link_mtu, self.identity.tap_queues)
+                .map_err(|e| format!("interface `{}`: {e}", spec.name))?
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+        // TAPs and packet sockets alike read and write behind virtio-net headers.
+        let vnet_hdr = spec.offload;
+        let mut readers = Vec::with_capacity(queues.len());
+        for queue in &queues {
+            match iface::spawn_reader(
+                self.clone(),
+                spec.name.clone(),
+                id,
+                queue.clone(),
+                vnet_hdr,
+                stats.clone(),
+            ) {
+                Ok(r) => readers.push(r),
+                Err(e) => {
+                    stop_readers(readers);
+                    return Err(format!("interface `{}`: cannot start its reader: {e}", spec.name));
+                }
+            }
+        }
         st.ports[id.0 as usize] = Some(Port {
             name: Arc::from(spec.name.as_str()),
             is_link: false,
             tx: PortTx::Device {
-                file: device.clone(),
+                queues: queues.clone().into(),
                 vnet_hdr,
             },
             stats,
@@ -457,8 +484,8 @@ impl Daemon {
         st.ifaces.insert(
             spec.name.clone(),
             IfaceRuntime {
-                task: Some(task),
-                device: Some(device),
+                readers,
+                device: queues.first().cloned(),
                 error: None,
             },
         );
@@ -484,9 +511,7 @@ impl Daemon {
             st.ports[id.0 as usize] = None;
         }
         if let Some(rt) = st.ifaces.remove(name) {
-            if let Some(t) = rt.task {
-                t.abort();
-            }
+            stop_readers(rt.readers);
             if let (true, Some(dev)) = (remove_device, rt.device) {
                 if let Err(e) = crate::sys::tap_unpersist(&dev) {
                     // Packet sockets are not TAPs: nothing to unpersist.

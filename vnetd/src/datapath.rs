@@ -1,10 +1,11 @@
 //! The data path's shared state and its send side: the published rule table, the port
 //! map, and how one frame is sent to each output.
 //!
-//! Workers (one per interface reader and link reader) read both snapshots without locks
-//! (`arc-swap`); the control plane publishes new ones on every change. Each worker owns a
-//! [`Forwarder`] (its lookup cache), reusable buffers and a VTTIF recorder, so forwarding
-//! allocates nothing per frame except on TCP links, whose writer task takes owned messages.
+//! Workers (one per interface reader thread, TCP session thread and UDP/QUIC link task)
+//! read both snapshots without locks (`arc-swap`); the control plane publishes new ones on
+//! every change. Each worker owns a [`Forwarder`] (its lookup cache), reusable buffers and
+//! a VTTIF recorder, and runs each frame to completion: forwarding allocates nothing per
+//! frame, and a frame for a TCP link is written to its socket by the worker itself.
 //!
 //! VTTIF accounting: every forwarded frame that came from a local interface is recorded
 //! as `Sent`, every one that came from a link and leaves by a local interface as
@@ -21,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::sync::mpsc;
 use vttif::{Direction, LocalMatrix};
 
 use crate::crypto::Sealer;
@@ -35,8 +35,9 @@ use crate::wire;
 pub enum PortTx {
     /// A TAP device or a packet socket: one `write` per frame.
     Device {
-        /// The device.
-        file: Arc<File>,
+        /// The device's queues (one for a packet socket). A flow is always written to the
+        /// same queue, so the kernel hands its replies to that queue's reader.
+        queues: Arc<[Arc<File>]>,
         /// The device reads and writes frames behind virtio-net headers (TAP offloads).
         vnet_hdr: bool,
     },
@@ -54,10 +55,10 @@ pub enum PortTx {
         /// encapsulation); TCP super-frames are segmented to fit.
         max_frame: usize,
     },
-    /// A TCP link session: encoded messages go to its writer task.
+    /// A TCP link session: encoded messages go straight to its socket.
     Tcp {
-        /// The writer task's queue.
-        queue: mpsc::Sender<Vec<u8>>,
+        /// The session's send side.
+        tx: Arc<crate::link::tcp::TcpTx>,
         /// Seals frames when the link encrypts.
         sealer: Option<Arc<Sealer>>,
         /// The peer takes super-frames behind virtio-net headers.
@@ -466,7 +467,8 @@ fn send_one(
         None => (0, [&[], frame]),
     };
     match &port.tx {
-        PortTx::Device { file, .. } => {
+        PortTx::Device { queues, .. } => {
+            let file = &queues[flow_hash(frame) as usize % queues.len()];
             let written = match &head {
                 // One writev: the TAP takes header and frame as one packet.
                 Some(h) => (&**file).write_vectored(&[IoSlice::new(h), IoSlice::new(frame)]),
@@ -501,18 +503,31 @@ fn send_one(
                 Err(_) => Err(DropReason::SendError),
             }
         }
-        PortTx::Tcp { queue, sealer, .. } => {
-            let mut owned = Vec::new();
-            wire::encode_frame(sealer.as_deref(), hops, 0, flags, &parts, &mut owned)
+        PortTx::Tcp { tx, sealer, .. } => {
+            msg.clear();
+            wire::encode_frame(sealer.as_deref(), hops, 0, flags, &parts, msg)
                 .map_err(|_| DropReason::TooLarge)?;
-            match queue.try_send(owned) {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => Err(DropReason::QueueFull),
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(DropReason::PortDown),
-            }
+            tx.send(msg)
         }
         PortTx::Quic(tx) => tx.send(frame, hops),
     }
+}
+
+/// A hash of a frame's IP addresses and ports (zero for other frames), to keep each flow
+/// on one device queue.
+fn flow_hash(frame: &[u8]) -> u32 {
+    let ends = match frame.get(12..14) {
+        // IPv4 (assuming no options: a wrong guess only moves the flow to another queue).
+        Some([0x08, 0x00]) => 26..38,
+        Some([0x86, 0xdd]) => 22..58,
+        _ => return 0,
+    };
+    frame.get(ends).map_or(0, |b| {
+        // FNV-1a: cheap, and spreads neighbouring addresses and ports.
+        b.iter().fold(0x811c_9dc5u32, |h, &x| {
+            (h ^ u32::from(x)).wrapping_mul(0x0100_0193)
+        })
+    })
 }
 
 /// A worker's reusable buffers: encoded messages, and segments of super-frames.

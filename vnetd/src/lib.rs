@@ -3,10 +3,11 @@
 //! The crate has a sans-IO core that never touches sockets, threads or the clock:
 //! [`mac`], [`rule`], [`table`] (forwarding table and lookup cache), [`wire`] (link frame
 //! codec), [`handshake`] (link authentication state machine), [`control::proto`]
-//! (control messages), [`measure`] (round-trip time, throughput, probe bookkeeping) and
-//! [`config`]. Around it sit thin drivers: [`sys`] (every `unsafe`
-//! ioctl), TAP and packet-socket interfaces, TCP/UDP links, the control server and the
-//! daemon that wires them together. See ARCHITECTURE.md at the repository root.
+//! (control messages), [`measure`] (round-trip time, throughput, probe bookkeeping),
+//! [`gro`] (coalescing received TCP segments into super-frames) and [`config`]. Around it
+//! sit thin drivers: [`sys`] (every `unsafe` ioctl), TAP and packet-socket interfaces,
+//! TCP/UDP links, the control server and the daemon that wires them together. See
+//! ARCHITECTURE.md at the repository root.
 
 pub mod config;
 pub mod control;
@@ -15,6 +16,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod forward;
 pub mod fragment;
+pub mod gro;
 pub mod handshake;
 pub mod iface;
 pub mod link;
@@ -24,4 +26,5 @@ pub mod offload;
 pub mod rule;
 pub mod sys;
 pub mod table;
+pub mod threads;
 pub mod wire;

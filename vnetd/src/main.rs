@@ -148,6 +148,7 @@ async fn run(config: DaemonConfig, vttif: bool) -> Result<()> {
         listen: config.listen,
         state_file: config.state_file.clone(),
         link_mtu: config.link_mtu,
+        tap_queues: config.tap_queue_count(),
     };
     let quic = quic::Endpoint::bind(config.quic_listen).with_context(|| match config.quic_listen {
         Some(addr) => format!("cannot bind QUIC port {addr}"),
@@ -155,7 +156,8 @@ async fn run(config: DaemonConfig, vttif: bool) -> Result<()> {
     })?;
     let daemon: Arc<Daemon> = Daemon::new(identity, udp_handle, quic.clone());
     daemon.datapath.set_vttif(vttif);
-    udp::spawn(daemon.clone(), udp_commands);
+    // Runs until the daemon exits (dropping it stops the thread).
+    let _udp_links = udp::spawn(daemon.clone(), udp_commands).context("cannot start the UDP link thread")?;
     daemon
         .apply_topology(config.topology.clone())
         .context("invalid topology")?;

@@ -16,10 +16,14 @@ const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUN_F_CSUM: libc::c_ulong = 0x01;
 const TUN_F_TSO4: libc::c_ulong = 0x02;
 const TUN_F_TSO6: libc::c_ulong = 0x04;
+/// UDP segmentation offload (Linux 6.2): the kernel hands over UDP GSO super-frames too.
+const TUN_F_USO4: libc::c_ulong = 0x20;
+const TUN_F_USO6: libc::c_ulong = 0x40;
 /// PACKET_IGNORE_OUTGOING (Linux 4.20): the packet socket does not see the frames it sends.
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 
@@ -69,12 +73,16 @@ pub struct TapParams {
     /// Read and write frames behind a virtio-net header, with checksum and TCP
     /// segmentation offload: the kernel hands over 64 KiB TCP super-frames.
     pub offload: bool,
+    /// Queues to open (at least 1). More than one makes a multi-queue TAP: the kernel
+    /// hands each flow to one queue.
+    pub queues: usize,
 }
 
 /// Creates (or re-attaches to) a persistent TAP device, sets its MAC and MTU, brings it up
-/// and returns its non-blocking queue fd. With `netns`, all of it happens inside that
-/// namespace on a short-lived thread, so the daemon's own threads never change namespace.
-pub fn open_tap(params: &TapParams) -> io::Result<File> {
+/// and returns its non-blocking queue fds (fewer than asked when the device exists as a
+/// single-queue TAP). With `netns`, all of it happens inside that namespace on a
+/// short-lived thread, so the daemon's own threads never change namespace.
+pub fn open_tap(params: &TapParams) -> io::Result<Vec<File>> {
     match &params.netns {
         None => open_tap_here(params),
         Some(ns) => {
@@ -94,22 +102,39 @@ pub fn open_tap(params: &TapParams) -> io::Result<File> {
     }
 }
 
-fn open_tap_here(params: &TapParams) -> io::Result<File> {
+/// Opens one queue of TAP `device` with `flags`.
+fn attach_tap_queue(device: &str, flags: libc::c_short) -> io::Result<File> {
     let path = CString::new("/dev/net/tun").map_err(io::Error::other)?;
     // SAFETY: open(2) on a valid C string; the fd is owned right away.
     let fd = cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
     // SAFETY: fd is fresh and owned by nobody else.
     let tap = unsafe { File::from_raw_fd(fd) };
-    let mut ifr = ifreq_for(&params.device)?;
-    ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | if params.offload { IFF_VNET_HDR } else { 0 };
+    let mut ifr = ifreq_for(device)?;
+    ifr.ifr_ifru.ifru_flags = flags;
     // SAFETY: TUNSETIFF reads and writes an ifreq we own, on a tun fd.
-    cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF, &mut ifr) }).map_err(|e| {
+    cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF, &mut ifr) })?;
+    Ok(tap)
+}
+
+fn open_tap_here(params: &TapParams) -> io::Result<Vec<File>> {
+    let base = IFF_TAP | IFF_NO_PI | if params.offload { IFF_VNET_HDR } else { 0 };
+    let multi = params.queues > 1;
+    let wanted = if multi { base | IFF_MULTI_QUEUE } else { base };
+    // A persistent device keeps the queue mode it was created with; take it as it is.
+    let (tap, flags) = match attach_tap_queue(&params.device, wanted) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let other = wanted ^ IFF_MULTI_QUEUE;
+            (attach_tap_queue(&params.device, other), other)
+        }
+        first => (first, wanted),
+    };
+    let tap = tap.map_err(|e| {
         if e.raw_os_error() == Some(libc::EINVAL) {
-            // An existing device of another kind (a TUN, a multi-queue TAP) of that name.
+            // An existing device of another kind (a TUN, a veth) of that name.
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "device `{}` exists and is not a single-queue TAP vnetd can open: delete it \
+                    "device `{}` exists and is not a TAP vnetd can open: delete it \
                      (ip link del {}) or choose another device name",
                     params.device, params.device
                 ),
@@ -125,8 +150,14 @@ fn open_tap_here(params: &TapParams) -> io::Result<File> {
     } else {
         0
     };
-    // SAFETY: TUNSETOFFLOAD takes an integer argument, on a tun fd we own.
-    cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETOFFLOAD, offloads) })?;
+    let set_offloads = |mask: libc::c_ulong| {
+        // SAFETY: TUNSETOFFLOAD takes an integer argument, on a tun fd we own.
+        cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETOFFLOAD, mask) })
+    };
+    // USO where the kernel has it (EINVAL before 6.2); TSO and checksums either way.
+    if offloads == 0 || set_offloads(offloads | TUN_F_USO4 | TUN_F_USO6).is_err() {
+        set_offloads(offloads)?;
+    }
     // Persistent, so the VM keeps its NIC (and addresses) across a daemon restart.
     // SAFETY: TUNSETPERSIST takes an integer argument.
     cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) })?;
@@ -148,7 +179,13 @@ fn open_tap_here(params: &TapParams) -> io::Result<File> {
     // SAFETY: SIOCSIFMTU reads the ifreq we own.
     cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &ifr) })?;
     set_up(sock.as_raw_fd(), &params.device)?;
-    Ok(tap)
+    let mut queues = vec![tap];
+    if flags & IFF_MULTI_QUEUE != 0 {
+        for _ in 1..params.queues {
+            queues.push(attach_tap_queue(&params.device, flags)?);
+        }
+    }
+    Ok(queues)
 }
 
 fn set_up(sock: RawFd, device: &str) -> io::Result<()> {
@@ -172,7 +209,10 @@ pub fn tap_unpersist(tap: &File) -> io::Result<()> {
 
 /// Opens a non-blocking AF_PACKET socket bound to `device`, in promiscuous mode, that does
 /// not see its own transmissions. Reads return whole Ethernet frames; writes inject them.
-pub fn open_packet_socket(device: &str) -> io::Result<File> {
+/// With `vnet_hdr` (PACKET_VNET_HDR), both go behind a virtio-net header, as on a TAP with
+/// offloads: the VM's TSO super-frames arrive whole, and super-frames written are
+/// segmented by the kernel where the device needs it.
+pub fn open_packet_socket(device: &str, vnet_hdr: bool) -> io::Result<File> {
     let name = CString::new(device).map_err(io::Error::other)?;
     // SAFETY: if_nametoindex reads a valid C string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -222,6 +262,14 @@ pub fn open_packet_socket(device: &str) -> io::Result<File> {
         PACKET_IGNORE_OUTGOING,
         &1 as &libc::c_int,
     )?;
+    if vnet_hdr {
+        setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_VNET_HDR,
+            &1 as &libc::c_int,
+        )?;
+    }
     Ok(sock)
 }
 
@@ -237,17 +285,6 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) ->
         )
     })?;
     Ok(())
-}
-
-/// Registers a device with the async reactor for readiness (reads stay non-blocking
-/// `File` reads).
-pub fn async_device(
-    device: std::sync::Arc<File>,
-) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<File>>> {
-    // SAFETY: the AsyncFd owns an Arc to the File, so the descriptor stays open and names
-    // the same open file description for the AsyncFd's whole life; Arc<File>::as_raw_fd
-    // always returns that descriptor.
-    unsafe { tokio::io::unix::AsyncFd::register(device) }.map_err(|e| e.into_parts().1)
 }
 
 /// Sends signal `sig` to the single process `pid`; false when it does not exist. Refuses
@@ -430,4 +467,106 @@ pub fn recv_udp_gro(
         }
     };
     Ok((n as usize, from, segment))
+}
+
+/// An eventfd that wakes a data-path thread out of [`wait`]: fired to stop the thread, or
+/// to tell it there is something to write.
+#[derive(Debug)]
+pub struct Waker(File);
+
+impl Waker {
+    /// A new, unfired waker.
+    pub fn new() -> io::Result<Waker> {
+        // SAFETY: eventfd(2) takes plain integers; the fd is owned right away.
+        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+        // SAFETY: fd is fresh and owned by nobody else.
+        Ok(Waker(unsafe { File::from_raw_fd(fd) }))
+    }
+
+    /// Fires the waker; it stays fired until [`wait`] reports it.
+    pub fn wake(&self) {
+        use std::io::Write;
+        // Fails only when the counter would overflow, i.e. when it is fired already.
+        let _ = (&self.0).write(&1u64.to_ne_bytes());
+    }
+
+    fn clear(&self) {
+        use std::io::Read;
+        let mut count = [0u8; 8];
+        // Fails only with EAGAIN, when the counter is zero already.
+        let _ = (&self.0).read(&mut count);
+    }
+}
+
+/// What [`wait`] waits for on its descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interest {
+    /// Readable (or closed, or failed).
+    pub read: bool,
+    /// Writable.
+    pub write: bool,
+}
+
+/// What [`wait`] saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// The descriptor is readable, or hung up, or has an error (a read says which).
+    pub readable: bool,
+    /// The descriptor is writable.
+    pub writable: bool,
+    /// The waker fired (and is now cleared).
+    pub woken: bool,
+}
+
+/// Blocks until `fd` is ready for `interest`, `waker` fires, or `timeout` passes (`None`:
+/// no limit). An interrupted wait returns with nothing ready.
+pub fn wait(
+    fd: &impl AsRawFd,
+    interest: Interest,
+    waker: &Waker,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Readiness> {
+    let mut events = 0;
+    if interest.read {
+        events |= libc::POLLIN;
+    }
+    if interest.write {
+        events |= libc::POLLOUT;
+    }
+    let mut fds = [
+        libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: waker.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let timeout_ms = timeout.map_or(-1, |t| {
+        // Round up, so a short timeout does not become a busy loop.
+        libc::c_int::try_from(t.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX)
+    });
+    // SAFETY: fds is a live array of two pollfd structs and we pass its length.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(Readiness::default())
+        } else {
+            Err(e)
+        };
+    }
+    let ready = fds[0].revents;
+    let woken = fds[1].revents & libc::POLLIN != 0;
+    if woken {
+        waker.clear();
+    }
+    Ok(Readiness {
+        readable: ready & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0,
+        writable: ready & (libc::POLLOUT | libc::POLLERR) != 0,
+        woken,
+    })
 }

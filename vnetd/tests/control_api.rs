@@ -16,6 +16,8 @@ use vnetd::rule::{DstMatch, MacMatch, Output, RuleSpec};
 const TOKEN: &str = "0123456789abcdef-control-token";
 
 struct Running {
+    /// The UDP link thread (stopped when dropped).
+    _udp: vnetd::threads::DataThread,
     _rt: tokio::runtime::Runtime,
     unix: std::path::PathBuf,
     tcp: SocketAddr,
@@ -48,19 +50,22 @@ fn start(name: &str) -> Running {
             listen: udp.socket.local_addr().unwrap(),
             state_file: Some(state),
             link_mtu: 1500,
+            tap_queues: 1,
         };
         let quic = vnetd::link::quic::Endpoint::bind(None).unwrap();
         let daemon: Arc<Daemon> = Daemon::new(identity, udp, quic);
-        udp::spawn(daemon.clone(), commands);
+        let udp_thread = udp::spawn(daemon.clone(), commands).unwrap();
         let unix_listener = server::bind_unix(&unix).unwrap();
         let tcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp_listener.local_addr().unwrap();
         tokio::spawn(server::serve_unix(daemon.clone(), unix_listener));
         tokio::spawn(server::serve_tcp(daemon, tcp_listener, TOKEN.to_string()));
-        addr
+        (addr, udp_thread)
     });
+    let (tcp, udp_thread) = tcp;
     Running {
         _rt: rt,
+        _udp: udp_thread,
         unix,
         tcp,
         _dir: TempDir(dir),

@@ -139,6 +139,12 @@ pub struct UpArgs {
     /// Open the VMs' TAPs without offloads (one frame per read, no TSO super-frames).
     #[arg(long)]
     pub no_offload: bool,
+    /// VMs whose NIC alone runs without offloads, e.g. `--no-offload-vms 1`: a TAP without
+    /// virtio-net header, or a veth captured frame by frame (the VM's TSO and checksum
+    /// offload turned off). Mixes VMs that send TSO super-frames with VMs that cannot take
+    /// them.
+    #[arg(long, value_delimiter = ',', value_name = "J,J..")]
+    pub no_offload_vms: Vec<usize>,
     /// The vnetd binary (default: `vnetd` next to this program).
     #[arg(long, env = "VNETD_BIN")]
     pub vnetd: Option<PathBuf>,
@@ -160,6 +166,7 @@ impl UpArgs {
             veth_vms: Vec::new(),
             encrypt: false,
             no_offload: false,
+            no_offload_vms: Vec::new(),
             vnetd: None,
             json: false,
         }
@@ -441,15 +448,18 @@ fn build_vms(plan: &Plan) -> Result<()> {
                 ],
             )?;
             sys::ip_in(&host_ns, &["link", "set", &host_end, "up"])?;
-            // vnetd captures v{j} with a packet socket, which must see wire-sized frames
-            // with complete checksums: no TSO/GSO super-frames and no checksum offload
-            // from the VM's side, no GRO on the captured end.
-            sys::ip(&[
-                "netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
-            ])?;
-            sys::ip(&[
-                "netns", "exec", &host_ns, "ethtool", "-K", &host_end, "gro", "off",
-            ])?;
+            // vnetd captures v{j} with a packet socket. With offloads it reads and writes
+            // behind virtio-net headers (PACKET_VNET_HDR) and takes the VM's TSO
+            // super-frames and partial checksums as from a TAP; without, it must see
+            // wire-sized frames with complete checksums.
+            if !plan.offload(j) {
+                sys::ip(&[
+                    "netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
+                ])?;
+                sys::ip(&[
+                    "netns", "exec", &host_ns, "ethtool", "-K", &host_end, "gro", "off",
+                ])?;
+            }
             sys::ip_in(
                 &ns,
                 &["link", "set", "eth0", "address", &Plan::vm_mac(j).to_string()],

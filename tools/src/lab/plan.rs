@@ -151,12 +151,20 @@ pub struct Plan {
     pub veth_vms: BTreeSet<usize>,
     /// Links seal their frames.
     pub encrypt: bool,
-    /// VM TAPs use offloads (TSO super-frames).
-    pub offload: bool,
+    /// VMs whose NIC runs without offloads (no TSO super-frames).
+    pub no_offload_vms: BTreeSet<usize>,
     /// Shaped uplinks: host -> rate.
     pub uplinks: BTreeMap<usize, Uplink>,
     /// The lab's directory.
     pub dir: PathBuf,
+}
+
+/// The VMs a `flag` names, checked against the lab's `vms`.
+fn vm_set(flag: &str, named: &[usize], vms: usize) -> Result<BTreeSet<usize>> {
+    match named.iter().find(|&&j| j >= vms) {
+        Some(j) => bail!("{flag} names VM {j}, but the lab has only vm0..vm{}", vms - 1),
+        None => Ok(named.iter().copied().collect()),
+    }
 }
 
 impl Plan {
@@ -169,15 +177,10 @@ impl Plan {
         if !(1..=MAX_NODES).contains(&opts.vms) {
             bail!("--vms must be 1..={MAX_NODES}");
         }
-        let mut veth_vms = BTreeSet::new();
-        for &j in &opts.veth_vms {
-            if j >= opts.vms {
-                bail!(
-                    "--veth-vms names VM {j}, but the lab has only vm0..vm{}",
-                    opts.vms - 1
-                );
-            }
-            veth_vms.insert(j);
+        let veth_vms = vm_set("--veth-vms", &opts.veth_vms, opts.vms)?;
+        let mut no_offload_vms = vm_set("--no-offload-vms", &opts.no_offload_vms, opts.vms)?;
+        if opts.no_offload {
+            no_offload_vms.extend(0..opts.vms);
         }
         let mut uplinks = BTreeMap::new();
         for u in &opts.uplinks {
@@ -204,7 +207,7 @@ impl Plan {
             topology: opts.topology,
             veth_vms,
             encrypt: opts.encrypt,
-            offload: !opts.no_offload,
+            no_offload_vms,
             uplinks,
             dir: root.join(&opts.name),
         })
@@ -269,7 +272,12 @@ impl Plan {
         (0..self.vms).filter(|&j| self.host_of(j) == i).collect()
     }
 
-    /// Whether VM j's NIC is a veth (else a TAP).
+    /// Whether VM j's NIC uses offloads (TSO super-frames behind virtio-net headers).
+    pub fn offload(&self, j: usize) -> bool {
+        !self.no_offload_vms.contains(&j)
+    }
+
+    /// Whether VM j's NIC is a captured veth rather than a TAP.
     pub fn is_veth(&self, j: usize) -> bool {
         self.veth_vms.contains(&j)
     }
@@ -341,7 +349,7 @@ impl Plan {
                 netns: None,
                 mac: None,
                 mtu: None,
-                offload: false,
+                offload: self.offload(j),
             }
         } else {
             IfaceSpec {
@@ -352,7 +360,7 @@ impl Plan {
                 mac: Some(Self::vm_mac(j)),
                 // vnetd's default: the underlay MTU minus the worst link's overhead.
                 mtu: None,
-                offload: self.offload,
+                offload: self.offload(j),
             }
         }
     }
@@ -446,6 +454,7 @@ impl Plan {
             quic_listen: (self.proto == LinkProto::Quic).then(|| Self::host_quic_listen(i)),
             // The lab's veth underlay has the default MTU.
             link_mtu: 1500,
+            tap_queues: None,
             control: self.control_path(i),
             control_tcp: None,
             control_token_file: None,
@@ -573,6 +582,20 @@ mod tests {
         assert!(Plan::new(&a, root).is_err());
         a.veth_vms = vec![1, 1, 0];
         assert_eq!(Plan::new(&a, root).unwrap().veth_vms.len(), 2);
+        a.no_offload_vms = vec![2];
+        assert!(Plan::new(&a, root).is_err());
+        a.no_offload_vms = vec![1];
+        let p = Plan::new(&a, root).unwrap();
+        assert!(p.offload(0) && !p.offload(1));
+        assert!(
+            !p.config(2).topology.ifaces[0].offload,
+            "vm1 lives on h2 without offloads"
+        );
+        a.no_offload_vms.clear();
+        a.no_offload = true;
+        let p = Plan::new(&a, root).unwrap();
+        assert!(!p.offload(0) && !p.offload(1));
+        a.no_offload = false;
         a.uplinks = vec!["h3=1mbit".parse().unwrap()];
         assert!(Plan::new(&a, root).is_err());
         a.uplinks = vec!["h2=1mbit".parse().unwrap(), "h2=2mbit".parse().unwrap()];

@@ -92,6 +92,7 @@ fn daemon_config(h: &Host, topology: Topology, dir: &Path) -> DaemonConfig {
         listen: SocketAddr::new(ip, h.port),
         quic_listen: quic.then(|| SocketAddr::new(ip, h.port + 1)),
         link_mtu: 1500,
+        tap_queues: None,
         control,
         control_tcp,
         control_token_file,

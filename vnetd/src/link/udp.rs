@@ -1,6 +1,6 @@
-//! UDP links: every link shares the daemon's one UDP socket. One task receives every
+//! UDP links: every link shares the daemon's one UDP socket. One data-path thread receives every
 //! datagram, runs the handshakes, keeps sessions alive and forwards frames; senders on
-//! other tasks write frames to the socket directly.
+//! other threads write frames to the socket directly.
 //!
 //! Liveness: an up session sends a keepalive every [`KEEPALIVE`] and is declared dead
 //! after [`DEAD_AFTER`] without hearing from the peer. Keepalives carry timestamps from
@@ -16,22 +16,24 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::control::proto::LinkState;
 use crate::crypto::Opener;
 use crate::daemon::{Daemon, LinkInfo};
 use crate::datapath::{PortTx, Worker};
 use crate::forward::{DropReason, PortStats};
+use crate::gro::Coalescer;
 use crate::handshake::{self, Initiator, Refused, Responder, Session};
 use crate::link::meter::SessionMeter;
 use crate::link::stream::{caps_mismatch, session_crypto};
 use crate::link::{deliver, frame_payload, idle_state, offer, update};
+use crate::offload::VirtioNetHdr;
 use crate::rule::Output;
+use crate::sys;
 use crate::table::PortId;
+use crate::threads::{DataThread, Stop};
 use crate::wire::{self, Header, Kind};
 
 /// Interval between keepalives of an up session. It also bounds how long a dialing end
@@ -46,12 +48,17 @@ pub(crate) const DEAD_AFTER: Duration = Duration::from_millis(5000);
 const RETRANSMIT: Duration = Duration::from_millis(250);
 /// A handshake that has not finished by then starts over.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Timer resolution of the link task.
+/// Timer resolution of the link thread.
 const TICK: Duration = Duration::from_millis(50);
 /// Socket buffer asked for: a few milliseconds of frames at several Gbit/s.
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// Resets sent per tick at most, so garbage cannot make us a traffic amplifier.
 const RESETS_PER_TICK: u32 = 8;
+/// Receives in a row before the thread looks at its timers and commands again.
+const RECEIVES_PER_ROUND: usize = 64;
+/// Largest super-frame the coalescer builds (a TAP takes 64 KiB), and most segments in it.
+const GRO_MAX_BYTES: usize = 65_535 - 100;
+const GRO_MAX_SEGMENTS: usize = 64;
 
 enum Command {
     Add {
@@ -65,17 +72,22 @@ enum Command {
     },
 }
 
-/// The UDP socket and the command queue of its task.
+/// The UDP socket and the command queue of its thread.
 #[derive(Debug, Clone)]
 pub struct Handle {
     /// The daemon's UDP link socket.
     pub socket: Arc<UdpSocket>,
     commands: mpsc::UnboundedSender<Command>,
+    /// Wakes the thread for a command.
+    thread: Arc<Stop>,
 }
 
-/// The receiving end the task consumes; returned by [`bind`], given to [`spawn`].
+/// The receiving end the thread consumes; returned by [`bind`], given to [`spawn`].
 #[derive(Debug)]
-pub struct Commands(mpsc::UnboundedReceiver<Command>);
+pub struct Commands {
+    queue: mpsc::UnboundedReceiver<Command>,
+    stop: Arc<Stop>,
+}
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,8 +101,7 @@ impl std::fmt::Debug for Command {
 impl Handle {
     /// Starts handling a UDP link: dial `peer`, or wait for the peer when `None`.
     pub fn add_link(&self, name: String, peer: Option<SocketAddr>, caps: u32, info: Arc<Mutex<LinkInfo>>) {
-        // The task lives as long as the daemon; a send error only happens at shutdown.
-        let _ = self.commands.send(Command::Add {
+        self.command(Command::Add {
             name,
             peer,
             caps,
@@ -100,7 +111,13 @@ impl Handle {
 
     /// Stops handling a link (no-op for links it does not know, e.g. TCP ones).
     pub fn remove_link(&self, name: String) {
-        let _ = self.commands.send(Command::Remove { name });
+        self.command(Command::Remove { name });
+    }
+
+    fn command(&self, c: Command) {
+        // The thread lives as long as the daemon; a send error only happens at shutdown.
+        let _ = self.commands.send(c);
+        self.thread.waker().wake();
     }
 }
 
@@ -116,7 +133,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(Handle, Commands)> {
     }
     let socket = Arc::new(socket);
     let (tx, rx) = mpsc::unbounded_channel();
-    Ok((Handle { socket, commands: tx }, Commands(rx)))
+    let stop = Stop::new()?;
+    let handle = Handle {
+        socket,
+        commands: tx,
+        thread: stop.clone(),
+    };
+    Ok((handle, Commands { queue: rx, stop }))
 }
 
 enum Phase {
@@ -150,8 +173,9 @@ enum Phase {
         token: u64,
         heard: Instant,
         keepalive: Instant,
-        /// Opens the peer's sealed frames when the link encrypts.
-        opener: Option<Opener>,
+        /// Opens the peer's sealed frames when the link encrypts (boxed: a cipher key
+        /// schedule would make every link's phase that large).
+        opener: Option<Box<Opener>>,
         /// Round-trip time and throughput of this session.
         meter: SessionMeter,
     },
@@ -180,60 +204,126 @@ struct Task {
     pending: HashMap<String, (Responder, SocketAddr, Instant)>,
     /// Scratch for opened frames.
     plain: Vec<u8>,
+    /// Glues the TCP segments of a receive batch back into super-frames (user-space GRO).
+    gro: Gro,
 }
 
-/// Spawns the task that runs every UDP link.
-pub fn spawn(daemon: Arc<Daemon>, commands: Commands) -> JoinHandle<()> {
-    let socket = daemon.udp.socket.clone();
-    tokio::spawn(async move {
+/// The coalescer, and the link whose frames it holds.
+struct Gro {
+    coalescer: Coalescer,
+    link: Option<(PortId, Arc<PortStats>)>,
+}
+
+impl Gro {
+    /// Offers a frame received on `link`; frames of another link are forwarded first.
+    fn push(&mut self, daemon: &Daemon, worker: &mut Worker, link: &Link, hops: u8, frame: &[u8]) {
+        if self.link.as_ref().is_some_and(|(p, _)| *p != link.port) {
+            self.flush(daemon, worker);
+        }
+        let mut emit = forward_from(daemon, worker, link.port, &link.stats);
+        self.coalescer.push(hops, frame, &mut emit);
+        if self.link.is_none() {
+            self.link = Some((link.port, link.stats.clone()));
+        }
+    }
+
+    /// Forwards what the coalescer holds.
+    fn flush(&mut self, daemon: &Daemon, worker: &mut Worker) {
+        if let Some((port, stats)) = self.link.take() {
+            self.coalescer
+                .flush(&mut forward_from(daemon, worker, port, &stats));
+        }
+    }
+}
+
+/// Starts the thread that runs every UDP link: handshakes, keepalives, and receiving and
+/// forwarding frames. Dropping the handle stops it.
+pub fn spawn(daemon: Arc<Daemon>, commands: Commands) -> std::io::Result<DataThread> {
+    let Commands { queue, stop } = commands;
+    let (thread, _) = DataThread::spawn("udp-links".into(), stop, move |stop: &Stop| {
         let mut task = Task {
             worker: daemon.datapath.worker(),
+            socket: daemon.udp.socket.clone(),
             daemon,
-            socket: socket.clone(),
             links: HashMap::new(),
             resets: 0,
             pending: HashMap::new(),
             plain: Vec::new(),
+            gro: Gro {
+                coalescer: Coalescer::new(GRO_MAX_BYTES, GRO_MAX_SEGMENTS),
+                link: None,
+            },
         };
-        let mut commands = commands.0;
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            tokio::select! {
-                r = socket.readable() => match r {
-                    Ok(()) => {
-                        // Drain what is queued (each receive maybe several coalesced
-                        // datagrams) before looking at timers again.
-                        loop {
-                            let got = socket.try_io(Interest::READABLE, || crate::sys::recv_udp_gro(&*socket, &mut buf));
-                            match got {
-                                Ok((n, from, segment)) => {
-                                    let now = Instant::now();
-                                    for d in buf[..n].chunks(segment.unwrap_or(n).max(1)) {
-                                        task.on_datagram(d, from, now);
-                                    }
-                                }
-                                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                                // ICMP errors surface as ECONNREFUSED on Linux; not fatal.
-                                Err(e) => tracing::debug!("udp recv: {e}"),
-                            }
-                        }
-                        task.daemon.datapath.report_cache(&mut task.worker);
-                    }
-                    Err(e) => tracing::debug!("udp readiness: {e}"),
-                },
-                c = commands.recv() => match c {
-                    Some(c) => task.on_command(c, Instant::now()),
-                    None => return,
-                },
-                _ = tick.tick() => task.on_tick(Instant::now()),
-            }
-        }
-    })
+        task.run(queue, stop);
+    })?;
+    Ok(thread)
+}
+
+/// Forwards what the coalescer emits as received on link `port`.
+fn forward_from<'a>(
+    daemon: &'a Daemon,
+    worker: &'a mut Worker,
+    port: PortId,
+    stats: &'a PortStats,
+) -> impl FnMut(u8, &VirtioNetHdr, &[u8]) + 'a {
+    move |hops, hdr, frame| {
+        stats.rx(frame.len());
+        daemon.datapath.forward_with(worker, port, hdr, frame, hops);
+    }
 }
 
 impl Task {
+    fn run(&mut self, mut commands: mpsc::UnboundedReceiver<Command>, stop: &Stop) {
+        let mut buf = vec![0u8; 65_536];
+        let mut next_tick = Instant::now() + TICK;
+        let readable = sys::Interest {
+            read: true,
+            write: false,
+        };
+        while !stop.is_set() {
+            loop {
+                match commands.try_recv() {
+                    Ok(c) => self.on_command(c, Instant::now()),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            }
+            // Take what is queued (each receive maybe several coalesced datagrams), a
+            // bounded number at a time so that timers and commands are not starved.
+            let mut drained = false;
+            for _ in 0..RECEIVES_PER_ROUND {
+                match sys::recv_udp_gro(&*self.socket, &mut buf) {
+                    Ok((n, from, segment)) => {
+                        let now = Instant::now();
+                        for d in buf[..n].chunks(segment.unwrap_or(n).max(1)) {
+                            self.on_datagram(d, from, now);
+                        }
+                        self.flush_gro();
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        drained = true;
+                        break;
+                    }
+                    // ICMP errors surface as ECONNREFUSED on Linux; not fatal.
+                    Err(e) => tracing::debug!("udp recv: {e}"),
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.on_tick(now);
+                next_tick = now + TICK;
+            }
+            if drained {
+                self.daemon.datapath.report_cache(&mut self.worker);
+                let timeout = next_tick.saturating_duration_since(now);
+                if let Err(e) = sys::wait(&*self.socket, readable, stop.waker(), Some(timeout)) {
+                    tracing::error!("UDP links stopped: cannot wait for the socket: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
     fn send(&self, to: SocketAddr, kind: Kind, session: u32, payload: &[u8]) {
         let mut msg = Vec::with_capacity(wire::HEADER_LEN + payload.len());
         if wire::encode_message(kind, 0, session, payload, &mut msg).is_ok() {
@@ -421,23 +511,36 @@ impl Task {
         if header.kind == Kind::Keepalive && meter.on_keepalive(payload).is_err() {
             self.daemon.datapath.drops.add(DropReason::BadMessage);
         }
-        if header.kind == Kind::Frame {
-            match frame_payload(opener.as_mut(), &header, payload, &mut self.plain) {
-                Ok(frame) => {
-                    if let Err(reason) = deliver(
-                        &self.daemon,
-                        &mut self.worker,
-                        link.port,
-                        &link.stats,
-                        &header,
-                        frame,
-                    ) {
-                        self.daemon.datapath.drops.add(reason);
-                    }
-                }
-                Err(reason) => self.daemon.datapath.drops.add(reason),
-            }
+        if header.kind != Kind::Frame {
+            return;
         }
+        let frame = match frame_payload(opener.as_deref_mut(), &header, payload, &mut self.plain) {
+            Ok(frame) => frame,
+            Err(reason) => return self.daemon.datapath.drops.add(reason),
+        };
+        if header.flags & wire::FLAG_VNET_HDR != 0 {
+            // Already a super-frame (or a frame with a partial checksum): as it came, after
+            // what the coalescer holds.
+            self.gro.flush(&self.daemon, &mut self.worker);
+            if let Err(reason) = deliver(
+                &self.daemon,
+                &mut self.worker,
+                link.port,
+                &link.stats,
+                &header,
+                frame,
+            ) {
+                self.daemon.datapath.drops.add(reason);
+            }
+            return;
+        }
+        self.gro
+            .push(&self.daemon, &mut self.worker, link, header.hop_limit, frame);
+    }
+
+    /// Forwards what the coalescer holds (at the end of each receive batch).
+    fn flush_gro(&mut self) {
+        self.gro.flush(&self.daemon, &mut self.worker);
     }
 
     fn refuse(&self, to: SocketAddr, reason: &str) {
@@ -627,7 +730,7 @@ impl Task {
             token,
             heard: now,
             keepalive: now,
-            opener,
+            opener: opener.map(Box::new),
             meter: SessionMeter::new(link.info.clone(), link.stats.clone()),
         };
         tracing::info!(link = %name, peer = %addr, node = %peer_node, "link up (udp)");
