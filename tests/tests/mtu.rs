@@ -62,3 +62,64 @@ fn full_size_packets_cross_udp_links_and_oversized_frames_are_counted() {
     // What fits still crosses.
     assert!(ping_df(&lab, 0, 1, 1366));
 }
+
+/// IP fragments the hosts created so far (`FragCreates` of `/proc/net/snmp` in each host's
+/// namespace).
+fn fragments_created(lab: &Lab) -> u64 {
+    (0..lab.info.hosts.len())
+        .map(|i| {
+            let snmp =
+                run(Command::new("ip").args(["netns", "exec", &lab.host(i).netns, "cat", "/proc/net/snmp"]))
+                    .expect("reading /proc/net/snmp");
+            let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+            let (names, values) = (ip.next().unwrap_or_default(), ip.next().unwrap_or_default());
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == "FragCreates")
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no FragCreates in {snmp}"))
+        })
+        .sum()
+}
+
+/// On a small-MTU underlay (1280 bytes) the VMs get a matching MTU, and their TSO traffic
+/// over UDP links is cut to fit the underlay: verified transfers both ways, and no host
+/// creates a single IP fragment.
+#[test]
+fn small_mtu_underlay_carries_tso_traffic_unfragmented() {
+    if !root_or_skip("small_mtu_underlay_carries_tso_traffic_unfragmented") {
+        return;
+    }
+    let lab = Lab::up(
+        "e2emtus",
+        &[
+            "--hosts",
+            "3",
+            "--vms",
+            "2",
+            "--link",
+            "udp",
+            "--underlay-mtu",
+            "1280",
+        ],
+    );
+    assert_eq!(vm_mtu(&lab, 0), 1280 - 106);
+    lab.wait_ping(0, 1, Duration::from_secs(5));
+    assert!(ping_df(&lab, 0, 1, 1174 - 28), "a full-size packet did not cross");
+    let before = fragments_created(&lab);
+    lab.transfer_file_verified(0, 1, 8);
+    lab.transfer_file_verified(1, 0, 8);
+    assert_eq!(
+        fragments_created(&lab),
+        before,
+        "the underlay carried IP fragments"
+    );
+    for i in 0..3 {
+        assert_eq!(
+            lab.stats(i).drops("too_large"),
+            0,
+            "h{i} dropped frames as too large"
+        );
+    }
+}

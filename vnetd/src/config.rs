@@ -9,6 +9,8 @@
 //! listen = "198.18.0.2:7400"         # TCP and UDP link port (same number for both)
 //! control = "/run/vnet/h1.sock"      # control socket
 //! state_file = "/var/lib/vnet/h1.state.json"
+//! link_mtu = 1500                    # underlay MTU (default 1500)
+//! tap_queues = 2                     # queues (reader threads) per TAP (default: CPUs, at most 4)
 //!
 //! [[iface]]
 //! name = "vm0"                       # name rules use (iface:vm0)
@@ -514,6 +516,21 @@ out = ["link:h0-h1"]
         assert_eq!(default_tap_mtu(1500), 1394);
         assert_eq!(default_tap_mtu(9000), 8894);
         assert_eq!(default_tap_mtu(600), MIN_TAP_MTU);
+    }
+
+    #[test]
+    fn tap_queues_default_to_the_cpus_and_are_bounded() {
+        let c = DaemonConfig::from_toml(EXAMPLE).unwrap();
+        assert!((1..=4).contains(&c.tap_queue_count()));
+        let two = EXAMPLE.replace("listen =", "tap_queues = 2\nlisten =");
+        assert_eq!(DaemonConfig::from_toml(&two).unwrap().tap_queue_count(), 2);
+        for bad in ["0", "17"] {
+            let text = EXAMPLE.replace("listen =", &format!("tap_queues = {bad}\nlisten ="));
+            assert!(matches!(
+                DaemonConfig::from_toml(&text),
+                Err(ConfigError::BadTapQueues(_))
+            ));
+        }
     }
 
     #[test]

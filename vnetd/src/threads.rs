@@ -121,28 +121,28 @@ mod tests {
     #[test]
     fn stop_interrupts_a_blocked_wait_and_join_returns() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (waiting, waits) = std::sync::mpsc::channel();
         let (thread, result) = DataThread::spawn("test".into(), Stop::new().unwrap(), move |stop: &Stop| {
-            let mut rounds = 0;
-            while !stop.is_set() {
-                // Nothing ever arrives on `a`: only the stop can end this wait.
-                sys::wait(
-                    &a,
-                    sys::Interest {
-                        read: true,
-                        write: false,
-                    },
-                    stop.waker(),
-                    None,
-                )
-                .unwrap();
-                rounds += 1;
-            }
-            rounds
+            waiting.send(()).unwrap();
+            // Nothing ever arrives on `a`: only the stop can end this wait (the waker stays
+            // fired, so a stop that comes before the wait starts ends it too).
+            let ready = sys::wait(
+                &a,
+                sys::Interest {
+                    read: true,
+                    write: false,
+                },
+                stop.waker(),
+                None,
+            )
+            .unwrap();
+            (ready, stop.is_set())
         })
         .unwrap();
+        waits.recv().unwrap();
         thread.stop_and_join();
-        let rounds = result.blocking_recv().unwrap();
-        assert!(rounds >= 1);
+        let (ready, stopped) = result.blocking_recv().unwrap();
+        assert!(ready.woken && !ready.readable && stopped, "{ready:?}");
     }
 
     #[test]

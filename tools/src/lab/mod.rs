@@ -136,6 +136,10 @@ pub struct UpArgs {
     /// Encrypt every TCP or UDP link with per-session keys.
     #[arg(long)]
     pub encrypt: bool,
+    /// MTU of the underlay (the hosts' uplinks and switch), also each vnetd's `link_mtu`:
+    /// VM TAPs get it minus the worst link overhead.
+    #[arg(long, default_value_t = 1500, value_name = "BYTES")]
+    pub underlay_mtu: u32,
     /// Open the VMs' TAPs without offloads (one frame per read, no TSO super-frames).
     #[arg(long)]
     pub no_offload: bool,
@@ -165,6 +169,7 @@ impl UpArgs {
             uplinks: Vec::new(),
             veth_vms: Vec::new(),
             encrypt: false,
+            underlay_mtu: 1500,
             no_offload: false,
             no_offload_vms: Vec::new(),
             vnetd: None,
@@ -417,6 +422,9 @@ fn build_underlay(plan: &Plan) -> Result<()> {
                 "link", "add", &port, "type", "veth", "peer", "name", "ul0", "netns", &ns,
             ],
         )?;
+        let mtu = plan.underlay_mtu.to_string();
+        sys::ip_in(&sw, &["link", "set", &port, "mtu", &mtu])?;
+        sys::ip_in(&ns, &["link", "set", "ul0", "mtu", &mtu])?;
         sys::ip_in(&sw, &["link", "set", &port, "master", "br0"])?;
         sys::ip_in(&sw, &["link", "set", &port, "up"])?;
         sys::ip_in(&ns, &["addr", "add", &addr, "dev", "ul0"])?;

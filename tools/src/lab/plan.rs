@@ -151,6 +151,8 @@ pub struct Plan {
     pub veth_vms: BTreeSet<usize>,
     /// Links seal their frames.
     pub encrypt: bool,
+    /// MTU of the underlay, and the daemons' `link_mtu`.
+    pub underlay_mtu: u32,
     /// VMs whose NIC runs without offloads (no TSO super-frames).
     pub no_offload_vms: BTreeSet<usize>,
     /// Shaped uplinks: host -> rate.
@@ -158,6 +160,11 @@ pub struct Plan {
     /// The lab's directory.
     pub dir: PathBuf,
 }
+
+/// Underlay MTUs a lab takes: IPv4's minimum for the links to work at all (vnetd's own
+/// floor), and what a veth takes.
+const MIN_UNDERLAY_MTU: u32 = 576;
+const MAX_UNDERLAY_MTU: u32 = 65_535;
 
 /// The VMs a `flag` names, checked against the lab's `vms`.
 fn vm_set(flag: &str, named: &[usize], vms: usize) -> Result<BTreeSet<usize>> {
@@ -176,6 +183,9 @@ impl Plan {
         }
         if !(1..=MAX_NODES).contains(&opts.vms) {
             bail!("--vms must be 1..={MAX_NODES}");
+        }
+        if !(MIN_UNDERLAY_MTU..=MAX_UNDERLAY_MTU).contains(&opts.underlay_mtu) {
+            bail!("--underlay-mtu must be {MIN_UNDERLAY_MTU}..={MAX_UNDERLAY_MTU}");
         }
         let veth_vms = vm_set("--veth-vms", &opts.veth_vms, opts.vms)?;
         let mut no_offload_vms = vm_set("--no-offload-vms", &opts.no_offload_vms, opts.vms)?;
@@ -207,6 +217,7 @@ impl Plan {
             topology: opts.topology,
             veth_vms,
             encrypt: opts.encrypt,
+            underlay_mtu: opts.underlay_mtu,
             no_offload_vms,
             uplinks,
             dir: root.join(&opts.name),
@@ -452,8 +463,7 @@ impl Plan {
             key_file: self.key_file(),
             listen: Self::host_listen(i),
             quic_listen: (self.proto == LinkProto::Quic).then(|| Self::host_quic_listen(i)),
-            // The lab's veth underlay has the default MTU.
-            link_mtu: 1500,
+            link_mtu: self.underlay_mtu,
             tap_queues: None,
             control: self.control_path(i),
             control_tcp: None,
@@ -582,6 +592,11 @@ mod tests {
         assert!(Plan::new(&a, root).is_err());
         a.veth_vms = vec![1, 1, 0];
         assert_eq!(Plan::new(&a, root).unwrap().veth_vms.len(), 2);
+        a.underlay_mtu = 500;
+        assert!(Plan::new(&a, root).is_err());
+        a.underlay_mtu = 1280;
+        assert_eq!(Plan::new(&a, root).unwrap().config(1).link_mtu, 1280);
+        a.underlay_mtu = 1500;
         a.no_offload_vms = vec![2];
         assert!(Plan::new(&a, root).is_err());
         a.no_offload_vms = vec![1];

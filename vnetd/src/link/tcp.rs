@@ -508,3 +508,24 @@ impl SessionIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_keeps_unwritten_bytes_in_order_and_compacts() {
+        let mut o = Outbox::default();
+        o.push(b"abcdef");
+        o.consumed(4);
+        assert_eq!(o.pending(), b"ef");
+        // More than half is written: the rest moves to the front before growing.
+        o.push(b"gh");
+        assert_eq!((o.head, o.pending()), (0, &b"efgh"[..]));
+        o.consumed(1);
+        o.push(b"i");
+        assert_eq!(o.pending(), b"fghi");
+        o.consumed(4);
+        assert!(o.pending().is_empty() && o.buf.is_empty() && o.head == 0);
+    }
+}
