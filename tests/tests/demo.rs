@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -43,13 +43,21 @@ struct Demo {
     child: Child,
     stdout: Option<JoinHandle<String>>,
     stderr: Option<JoinHandle<String>>,
+    /// What it has printed on stderr so far.
+    progress: Arc<Mutex<String>>,
 }
 
-fn collect(mut from: impl Read + Send + 'static) -> JoinHandle<String> {
+/// Reads `from` to its end on a thread, appending to `so_far` as bytes arrive.
+fn collect(mut from: impl Read + Send + 'static, so_far: Arc<Mutex<String>>) -> JoinHandle<String> {
     std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = from.read_to_string(&mut s);
-        s
+        let mut chunk = [0u8; 4096];
+        let mut all = Vec::new();
+        while let Ok(n @ 1..) = from.read(&mut chunk) {
+            all.extend_from_slice(&chunk[..n]);
+            *so_far.lock().unwrap_or_else(PoisonError::into_inner) =
+                String::from_utf8_lossy(&all).into_owned();
+        }
+        String::from_utf8_lossy(&all).into_owned()
     })
 }
 
@@ -63,13 +71,23 @@ impl Demo {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting vnet demo");
-        let stdout = child.stdout.take().map(collect);
-        let stderr = child.stderr.take().map(collect);
+        let progress = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().map(|o| collect(o, Arc::default()));
+        let stderr = child.stderr.take().map(|e| collect(e, progress.clone()));
         Demo {
             child,
             stdout,
             stderr,
+            progress,
         }
+    }
+
+    /// What it has printed on stderr so far.
+    fn stderr_so_far(&self) -> String {
+        self.progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Waits for it to exit; returns whether it succeeded, its stdout and its stderr.
@@ -210,15 +228,16 @@ fn the_adaptor_speeds_the_application_up_and_the_demo_cleans_up() {
     let _ = std::fs::remove_dir_all(&svg_dir);
 }
 
-/// Interrupts a demo with SIGINT once `ready` holds, and checks that it cleans up.
-fn interrupt(name: &'static str, ready: impl Fn() -> bool, what: &str) -> String {
+/// Interrupts a demo with SIGINT once `ready` holds (it is given the demo's stderr so
+/// far), and checks that it cleans up.
+fn interrupt(name: &'static str, ready: impl Fn(&str) -> bool, what: &str) -> String {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     vnet(&["lab", "down", "--name", name]).expect("clearing a leftover lab");
     let _teardown = Teardown(name);
     let svg_dir = std::env::temp_dir().join(format!("vnet-e2e-demo-{name}-{}", std::process::id()));
     let svg_dir_arg = svg_dir.to_string_lossy().into_owned();
     let demo = Demo::start(&["--name", name, "--seconds", "3", "--svg-dir", &svg_dir_arg]);
-    let reached = wait_until(Duration::from_secs(120), &ready);
+    let reached = wait_until(Duration::from_secs(120), || ready(&demo.stderr_so_far()));
     let status = lab_dir(name).join("adapt/status.json");
     let adaptor_pid = std::fs::read_to_string(&status)
         .ok()
@@ -248,7 +267,13 @@ fn a_demo_interrupted_while_the_application_runs_leaves_nothing_behind() {
     if !root_or_skip("demo") {
         return;
     }
-    let err = interrupt("dm2", || runs_in("dm2-vm0"), "the application running in the lab");
+    // The lab runs short commands in VM namespaces while it builds: the application runs
+    // once the demo has said so and a rank shows up in vm0.
+    let err = interrupt(
+        "dm2",
+        |so_far| so_far.contains("running the application on the star") && runs_in("dm2-vm0"),
+        "the application running in the lab",
+    );
     assert!(err.contains("running the application on the star"), "{err}");
 }
 
@@ -259,7 +284,7 @@ fn a_demo_interrupted_while_the_adaptor_runs_stops_it_and_leaves_nothing_behind(
     }
     let err = interrupt(
         "dm3",
-        || lab_dir("dm3").join("adapt/status.json").exists(),
+        |_| lab_dir("dm3").join("adapt/status.json").exists(),
         "a running adaptor",
     );
     assert!(err.contains("starting the adaptor"), "{err}");

@@ -5,9 +5,10 @@
 //! codec), [`handshake`] (link authentication state machine), [`control::proto`]
 //! (control messages), [`measure`] (round-trip time, throughput, probe bookkeeping),
 //! [`gro`] (coalescing received TCP segments into super-frames) and [`config`]. Around it
-//! sit thin drivers: [`sys`] (every `unsafe` ioctl), TAP and packet-socket interfaces,
-//! TCP/UDP links, the control server and the daemon that wires them together. See
-//! ARCHITECTURE.md at the repository root.
+//! sit thin drivers: [`sys`] (every `unsafe` call), [`threads`] (the data-path threads
+//! that run frames to completion), TAP and packet-socket interfaces, TCP/UDP/QUIC links,
+//! the control server and the daemon that wires them together. See ARCHITECTURE.md at the
+//! repository root.
 
 pub mod config;
 pub mod control;
