@@ -59,7 +59,7 @@ fn plain_udp_links_carry_a_verified_transfer() {
 
 /// vm0's TAP hands its daemon TSO super-frames; vm1's TAP has no offloads, so what reaches
 /// it is cut into ordinary frames with complete checksums (after crossing whole over TCP
-/// links, or cut and re-coalesced over UDP links). Files cross both ways byte for byte,
+/// links, or cut and re-coalesced over UDP and QUIC links). Files cross both ways byte for byte,
 /// and no daemon fails to segment a frame.
 fn tso_to_plain_transfer(name: &str, proto: &str) {
     let lab = Lab::up(
@@ -101,6 +101,15 @@ fn tso_and_plain_vms_exchange_files_over_tcp_links() {
 fn tso_and_plain_vms_exchange_files_over_udp_links() {
     if root_or_skip("tso_and_plain_vms_exchange_files_over_udp_links") {
         tso_to_plain_transfer("e2emixu", "udp");
+    }
+}
+
+/// A TSO VM and a VM without offloads exchange files over QUIC links (segments cut to a
+/// datagram, glued back into super-frames on receipt, cut again for vm1).
+#[test]
+fn tso_and_plain_vms_exchange_files_over_quic_links() {
+    if root_or_skip("tso_and_plain_vms_exchange_files_over_quic_links") {
+        tso_to_plain_transfer("e2emixq", "quic");
     }
 }
 

@@ -58,7 +58,7 @@ pub struct BenchArgs {
 pub enum VnetPath {
     /// TCP link (TSO super-frames whole).
     Tcp,
-    /// QUIC link (datagrams).
+    /// QUIC link (datagrams; always encrypted by QUIC's TLS 1.3).
     Quic,
     /// TCP link, encrypted.
     TcpSealed,
@@ -77,8 +77,14 @@ impl VnetPath {
         }
     }
 
-    fn encrypted(self) -> bool {
+    /// Whether the lab seals its links (vnet's own AEAD on TCP and UDP links).
+    fn sealed(self) -> bool {
         matches!(self, VnetPath::TcpSealed | VnetPath::UdpSealed)
+    }
+
+    /// Whether its traffic is encrypted: sealed links, and QUIC links (TLS 1.3, always).
+    fn encrypted(self) -> bool {
+        self.sealed() || self == VnetPath::Quic
     }
 
     /// The name of its row.
@@ -300,7 +306,7 @@ fn measure_paths(args: &BenchArgs, paths: &[VnetPath]) -> Result<Vec<Measurement
     for (i, &path) in paths.iter().enumerate() {
         let mut opts = UpArgs::new(&args.name, 3, 2);
         opts.link = path.link();
-        opts.encrypt = path.encrypted();
+        opts.encrypt = path.sealed();
         opts.topology = LabTopology::Full;
         let info = lab::up(&opts).with_context(|| format!("lab for {}", path.label()))?;
         let _teardown = Teardown(&args.name);
@@ -378,6 +384,16 @@ mod tests {
         // Without plain UDP the last selected lab hosts the references.
         let a = parse(&["--paths", "quic,tcp"]).unwrap();
         assert_eq!(selected(&a.paths).last(), Some(&VnetPath::Quic));
+    }
+
+    #[test]
+    fn quic_counts_as_encrypted_without_sealing_the_lab() {
+        let encrypted: Vec<VnetPath> = selected(&[]).into_iter().filter(|p| p.encrypted()).collect();
+        assert_eq!(
+            encrypted,
+            [VnetPath::Quic, VnetPath::TcpSealed, VnetPath::UdpSealed]
+        );
+        assert!(!VnetPath::Quic.sealed() && VnetPath::UdpSealed.sealed());
     }
 
     #[test]

@@ -14,6 +14,29 @@ use std::sync::{Arc, Mutex};
 use crate::control::proto::LinkState;
 use crate::daemon::LinkInfo;
 
+/// Largest super-frame a link's coalescer builds (a TAP takes 64 KiB, IP lengths limit it
+/// too), and most segments in it.
+const GRO_MAX_BYTES: usize = 65_535 - 100;
+const GRO_MAX_SEGMENTS: usize = 64;
+
+/// A coalescer for frames received on a link, building super-frames a TAP takes.
+pub(crate) fn tap_coalescer() -> crate::gro::Coalescer {
+    crate::gro::Coalescer::new(GRO_MAX_BYTES, GRO_MAX_SEGMENTS)
+}
+
+/// Forwards what the coalescer emits as received on link `port`.
+pub(crate) fn forward_from<'a>(
+    daemon: &'a crate::daemon::Daemon,
+    worker: &'a mut crate::datapath::Worker,
+    port: crate::table::PortId,
+    stats: &'a crate::forward::PortStats,
+) -> impl FnMut(u8, &crate::offload::VirtioNetHdr, &[u8]) + 'a {
+    move |hops, hdr, frame| {
+        stats.rx(frame.len());
+        daemon.datapath.forward_with(worker, port, hdr, frame, hops);
+    }
+}
+
 /// Fresh randomness and capabilities for one side of a handshake.
 pub(crate) fn offer(caps: u32, binding: [u8; 32]) -> crate::handshake::Offer {
     crate::handshake::Offer {

@@ -13,7 +13,10 @@
 //! than a full Ethernet frame; frames are split into at most
 //! [`fragment::MAX_FRAGMENTS`] datagrams ([`crate::fragment`]) and reassembled by the
 //! peer; losing one fragment loses that frame only. Each datagram is
-//! `hop limit (u8) || fragment header || chunk`.
+//! `hop limit (u8) || fragment header || chunk`. TSO super-frames from a VM are first cut
+//! into TCP segments that fit one datagram (`crate::offload`), so they are not fragmented;
+//! the receiver glues consecutive segments back into super-frames (`crate::gro`) before
+//! its TAP write, which made QUIC links about 2.6× faster in the lab.
 //!
 //! **Measurement.** QUIC keeps its own round-trip estimate from acknowledgements; every
 //! `KEEPALIVE` a session takes it as a sample, with the port counters
@@ -37,7 +40,7 @@ use crate::fragment::{self, Reassembler};
 use crate::handshake::Session;
 use crate::link::meter::SessionMeter;
 use crate::link::stream::{adopt_session, initiate, redial, respond, LinkError, HANDSHAKE_TIMEOUT};
-use crate::link::update;
+use crate::link::{forward_from, tap_coalescer, update};
 use crate::rule::Output;
 
 const ALPN: &[u8] = b"vnet/1";
@@ -48,6 +51,8 @@ const KEEPALIVE: Duration = Duration::from_millis(400);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Datagram buffers: a few milliseconds of frames at link speed.
 const DATAGRAM_BUFFER: usize = 4 * 1024 * 1024;
+/// The UDP socket's kernel buffers, each way.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
 /// The daemon's QUIC endpoint and the client configuration it dials with.
 #[derive(Debug, Clone)]
@@ -94,6 +99,17 @@ impl QuicTx {
     }
 }
 
+/// Polls `future` once: its output if it is ready now, else `None` (the future is dropped,
+/// so it must be cancel-safe, as quinn's `read_datagram` is).
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEPALIVE));
@@ -123,8 +139,8 @@ impl Endpoint {
         let mut client =
             quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client).map_err(tls_error)?));
         client.transport_config(transport());
-        let endpoint = match listen {
-            Some(addr) => {
+        let server = match listen {
+            Some(_) => {
                 let cert = rcgen::generate_simple_self_signed(vec!["vnet".to_string()]).map_err(tls_error)?;
                 let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
                 let mut server = rustls::ServerConfig::builder_with_provider(provider)
@@ -138,10 +154,22 @@ impl Endpoint {
                     QuicServerConfig::try_from(server).map_err(tls_error)?,
                 ));
                 server.transport_config(transport());
-                quinn::Endpoint::server(server, addr)?
+                Some(server)
             }
-            None => quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?,
+            None => None,
         };
+        let socket = std::net::UdpSocket::bind(listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))))?;
+        // The default buffer (about 200 KiB) overflowed about once per 1000 datagrams at
+        // link speed in the lab, each drop a frame lost to the VMs; UDP links use 4 MiB too.
+        if let Err(e) = crate::sys::grow_socket_buffers(&socket, SOCKET_BUFFER) {
+            tracing::warn!("cannot grow the QUIC socket's buffers: {e}");
+        }
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            server,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         Ok(Endpoint {
             endpoint,
             client,
@@ -309,8 +337,20 @@ async fn run_session(
     });
     let mut worker = daemon.datapath.worker();
     let mut reassembler = Reassembler::default();
+    // The peer cut super-frames into datagram-sized segments; gluing back the segments
+    // that arrive together saves a TAP write and a pass through the guest's stack each.
+    let mut coalescer = tap_coalescer();
     let end = loop {
-        let datagram = match conn.read_datagram().await {
+        let received = match ready_now(conn.read_datagram()) {
+            Some(r) => r,
+            None => {
+                // Nothing more queued: what the coalescer holds goes out before we wait.
+                coalescer.flush(&mut forward_from(daemon, &mut worker, port, &stats));
+                daemon.datapath.report_cache(&mut worker);
+                conn.read_datagram().await
+            }
+        };
+        let datagram = match received {
             Ok(d) => d,
             Err(e) => break transport_error(e),
         };
@@ -320,9 +360,7 @@ async fn run_session(
         };
         match reassembler.push(fragment) {
             Ok(Some(frame)) => {
-                stats.rx(frame.len());
-                daemon.datapath.forward(&mut worker, port, &frame, hops);
-                daemon.datapath.report_cache(&mut worker);
+                coalescer.push(hops, &frame, &mut forward_from(daemon, &mut worker, port, &stats));
             }
             Ok(None) => {}
             Err(_) => daemon.datapath.drops.add(DropReason::BadMessage),

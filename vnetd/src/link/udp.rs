@@ -28,8 +28,7 @@ use crate::gro::Coalescer;
 use crate::handshake::{self, Initiator, Refused, Responder, Session};
 use crate::link::meter::SessionMeter;
 use crate::link::stream::{caps_mismatch, session_crypto};
-use crate::link::{deliver, frame_payload, idle_state, offer, update};
-use crate::offload::VirtioNetHdr;
+use crate::link::{deliver, forward_from, frame_payload, idle_state, offer, tap_coalescer, update};
 use crate::rule::Output;
 use crate::sys;
 use crate::table::PortId;
@@ -56,9 +55,6 @@ const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 const RESETS_PER_TICK: u32 = 8;
 /// Receives in a row before the thread looks at its timers and commands again.
 const RECEIVES_PER_ROUND: usize = 64;
-/// Largest super-frame the coalescer builds (a TAP takes 64 KiB), and most segments in it.
-const GRO_MAX_BYTES: usize = 65_535 - 100;
-const GRO_MAX_SEGMENTS: usize = 64;
 
 enum Command {
     Add {
@@ -250,26 +246,13 @@ pub fn spawn(daemon: Arc<Daemon>, commands: Commands) -> std::io::Result<DataThr
             pending: HashMap::new(),
             plain: Vec::new(),
             gro: Gro {
-                coalescer: Coalescer::new(GRO_MAX_BYTES, GRO_MAX_SEGMENTS),
+                coalescer: tap_coalescer(),
                 link: None,
             },
         };
         task.run(queue, stop);
     })?;
     Ok(thread)
-}
-
-/// Forwards what the coalescer emits as received on link `port`.
-fn forward_from<'a>(
-    daemon: &'a Daemon,
-    worker: &'a mut Worker,
-    port: PortId,
-    stats: &'a PortStats,
-) -> impl FnMut(u8, &VirtioNetHdr, &[u8]) + 'a {
-    move |hops, hdr, frame| {
-        stats.rx(frame.len());
-        daemon.datapath.forward_with(worker, port, hdr, frame, hops);
-    }
 }
 
 impl Task {
