@@ -43,20 +43,21 @@ struct Demo {
     child: Child,
     stdout: Option<JoinHandle<String>>,
     stderr: Option<JoinHandle<String>>,
-    /// What it has printed on stderr so far.
-    progress: Arc<Mutex<String>>,
+    /// The bytes it has printed on stderr so far.
+    progress: Arc<Mutex<Vec<u8>>>,
 }
 
 /// Reads `from` to its end on a thread, appending to `so_far` as bytes arrive.
-fn collect(mut from: impl Read + Send + 'static, so_far: Arc<Mutex<String>>) -> JoinHandle<String> {
+fn collect(mut from: impl Read + Send + 'static, so_far: Arc<Mutex<Vec<u8>>>) -> JoinHandle<String> {
     std::thread::spawn(move || {
         let mut chunk = [0u8; 4096];
-        let mut all = Vec::new();
         while let Ok(n @ 1..) = from.read(&mut chunk) {
-            all.extend_from_slice(&chunk[..n]);
-            *so_far.lock().unwrap_or_else(PoisonError::into_inner) =
-                String::from_utf8_lossy(&all).into_owned();
+            so_far
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(&chunk[..n]);
         }
+        let all = so_far.lock().unwrap_or_else(PoisonError::into_inner);
         String::from_utf8_lossy(&all).into_owned()
     })
 }
@@ -71,7 +72,7 @@ impl Demo {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting vnet demo");
-        let progress = Arc::new(Mutex::new(String::new()));
+        let progress = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().map(|o| collect(o, Arc::default()));
         let stderr = child.stderr.take().map(|e| collect(e, progress.clone()));
         Demo {
@@ -84,10 +85,8 @@ impl Demo {
 
     /// What it has printed on stderr so far.
     fn stderr_so_far(&self) -> String {
-        self.progress
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        let so_far = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&so_far).into_owned()
     }
 
     /// Waits for it to exit; returns whether it succeeded, its stdout and its stderr.

@@ -14,6 +14,11 @@ use std::sync::{Arc, Mutex};
 use crate::control::proto::LinkState;
 use crate::daemon::LinkInfo;
 
+/// Kernel buffers of a UDP or QUIC link socket, each way: the default (about 200 KiB)
+/// overflows within a millisecond at link speed, and every datagram it drops is a frame
+/// lost to the VMs.
+pub(crate) const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
 /// Largest super-frame a link's coalescer builds (a TAP takes 64 KiB, IP lengths limit it
 /// too), and most segments in it.
 const GRO_MAX_BYTES: usize = 65_535 - 100;

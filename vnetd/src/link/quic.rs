@@ -40,7 +40,7 @@ use crate::fragment::{self, Reassembler};
 use crate::handshake::Session;
 use crate::link::meter::SessionMeter;
 use crate::link::stream::{adopt_session, initiate, redial, respond, LinkError, HANDSHAKE_TIMEOUT};
-use crate::link::{forward_from, tap_coalescer, update};
+use crate::link::{forward_from, tap_coalescer, update, SOCKET_BUFFER};
 use crate::rule::Output;
 
 const ALPN: &[u8] = b"vnet/1";
@@ -51,8 +51,6 @@ const KEEPALIVE: Duration = Duration::from_millis(400);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Datagram buffers: a few milliseconds of frames at link speed.
 const DATAGRAM_BUFFER: usize = 4 * 1024 * 1024;
-/// The UDP socket's kernel buffers, each way.
-const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
 /// The daemon's QUIC endpoint and the client configuration it dials with.
 #[derive(Debug, Clone)]
@@ -159,8 +157,7 @@ impl Endpoint {
             None => None,
         };
         let socket = std::net::UdpSocket::bind(listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))))?;
-        // The default buffer (about 200 KiB) overflowed about once per 1000 datagrams at
-        // link speed in the lab, each drop a frame lost to the VMs; UDP links use 4 MiB too.
+        // The default buffer overflowed about once per 1000 datagrams at link speed.
         if let Err(e) = crate::sys::grow_socket_buffers(&socket, SOCKET_BUFFER) {
             tracing::warn!("cannot grow the QUIC socket's buffers: {e}");
         }

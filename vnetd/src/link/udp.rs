@@ -28,7 +28,9 @@ use crate::gro::Coalescer;
 use crate::handshake::{self, Initiator, Refused, Responder, Session};
 use crate::link::meter::SessionMeter;
 use crate::link::stream::{caps_mismatch, session_crypto};
-use crate::link::{deliver, forward_from, frame_payload, idle_state, offer, tap_coalescer, update};
+use crate::link::{
+    deliver, forward_from, frame_payload, idle_state, offer, tap_coalescer, update, SOCKET_BUFFER,
+};
 use crate::rule::Output;
 use crate::sys;
 use crate::table::PortId;
@@ -49,8 +51,6 @@ const RETRANSMIT: Duration = Duration::from_millis(250);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Timer resolution of the link thread.
 const TICK: Duration = Duration::from_millis(50);
-/// Socket buffer asked for: a few milliseconds of frames at several Gbit/s.
-const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// Resets sent per tick at most, so garbage cannot make us a traffic amplifier.
 const RESETS_PER_TICK: u32 = 8;
 /// Receives in a row before the thread looks at its timers and commands again.
