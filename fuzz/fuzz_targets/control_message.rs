@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vnetd::control::proto::{self, RequestEnvelope, ResponseEnvelope, LEN_PREFIX};
+use vnet_control::proto::{self, RequestEnvelope, ResponseEnvelope, LEN_PREFIX};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(prefix) = data.get(..LEN_PREFIX) {

@@ -9,10 +9,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vnetd::handshake::{
+use vnet_core::handshake::{
     decode_challenge, decode_hello, decode_proof, decode_refused, encode_payload,
 };
-use vnetd::wire::{decode_datagram, split_stream, Header, KeepaliveStamp, Kind, HEADER_LEN, MAX_PAYLOAD};
+use vnet_core::wire::{decode_datagram, split_stream, Header, KeepaliveStamp, Kind, HEADER_LEN, MAX_PAYLOAD};
 
 fuzz_target!(|data: &[u8]| {
     datagram(data);

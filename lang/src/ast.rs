@@ -6,8 +6,8 @@ use std::cmp::Ordering;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use vnetd::mac::MacAddr;
-use vnetd::rule::{DstMatch, MacMatch};
+use vnet_core::mac::MacAddr;
+use vnet_core::rule::{DstMatch, MacMatch};
 
 use crate::source::Span;
 

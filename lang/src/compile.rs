@@ -15,10 +15,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use vnetd::config::{
+use vnet_core::config::{
     IfaceKind as VIfaceKind, IfaceSpec, LinkProto as VLinkProto, LinkSpec, RuleEntry, Topology,
 };
-use vnetd::rule::Output;
+use vnet_core::rule::Output;
 
 use crate::ast::{link_name, Host, Iface, IfaceKind, Link, LinkProto, Rule, Target};
 use crate::model::Overlay;
@@ -102,7 +102,7 @@ pub fn compile(o: &Overlay) -> Result<BTreeMap<String, Topology>, CompileError> 
         let quic_offset = u16::from(proto == VLinkProto::Quic);
         let port = l
             .port
-            .unwrap_or(peer_host.map_or(vnetd::config::DEFAULT_LINK_PORT, |h| h.port) + quic_offset);
+            .unwrap_or(peer_host.map_or(vnet_core::config::DEFAULT_LINK_PORT, |h| h.port) + quic_offset);
         for (machine, peer) in [(&l.owner, Some(SocketAddr::new(ip, port))), (&l.peer, None)] {
             if let Some(t) = out.get_mut(machine) {
                 t.links.push(LinkSpec {

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use vnetd::mac::MacAddr;
-use vnetd::rule::{DstMatch, MacMatch};
+use vnet_core::mac::MacAddr;
+use vnet_core::rule::{DstMatch, MacMatch};
 
 use crate::ast::{natural_cmp, Host, Iface, Item, Link, LinkProto, Rule, Target};
 use crate::model::{ModelError, Overlay};

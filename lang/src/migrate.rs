@@ -30,8 +30,8 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use vnetd::mac::MacAddr;
-use vnetd::rule::{DstMatch, MacMatch};
+use vnet_core::mac::MacAddr;
+use vnet_core::rule::{DstMatch, MacMatch};
 
 use crate::ast::{link_name, Iface, Item, Rule, Target};
 use crate::model::{ModelError, Overlay};

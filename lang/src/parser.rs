@@ -5,9 +5,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use vnetd::config::valid_name;
-use vnetd::mac::MacAddr;
-use vnetd::rule::{DstMatch, MacMatch};
+use vnet_core::config::valid_name;
+use vnet_core::mac::MacAddr;
+use vnet_core::rule::{DstMatch, MacMatch};
 
 use crate::ast::{
     Action, Block, Control, Description, Host, Iface, IfaceKind, Item, Link, LinkProto, Rule, Statement,

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use vnetd::rule::{DstMatch, MacMatch};
+use vnet_core::rule::{DstMatch, MacMatch};
 
 use crate::ast::{Action, Control, Description, Host, Iface, IfaceKind, Item, Link, LinkProto, Rule, Target};
 use crate::lexer::quote_if_needed;

@@ -1,12 +1,12 @@
 //! Following a frame through an overlay's rules, hop by hop, the way the daemons would:
 //! at each machine every rule at the top matching priority fires
-//! ([`vnetd::rule::priority`]), outputs are deduplicated and never include the port the
+//! ([`vnet_core::rule::priority`]), outputs are deduplicated and never include the port the
 //! frame came in on.
 
 use std::collections::{BTreeSet, VecDeque};
 
-use vnetd::mac::MacAddr;
-use vnetd::rule::priority;
+use vnet_core::mac::MacAddr;
+use vnet_core::rule::priority;
 
 use crate::ast::{link_name, Target};
 use crate::model::Overlay;

@@ -10,8 +10,8 @@ use lang::{
     Rule, Target,
 };
 use proptest::prelude::*;
-use vnetd::mac::MacAddr;
-use vnetd::rule::{DstMatch, MacMatch};
+use vnet_core::mac::MacAddr;
+use vnet_core::rule::{DstMatch, MacMatch};
 
 /// What the tools show for a description: its canonical text, then its diagnostics.
 fn report(name: &str, src: &str) -> String {
@@ -333,7 +333,7 @@ fn quic_links_dial_the_quic_port_and_decompile_back() {
     assert!(a.diagnostics.is_empty(), "{:?}", a.diagnostics);
     let daemons = compile(&a.overlay).unwrap();
     let dialer = &daemons["h1"].links[0];
-    assert_eq!(dialer.proto, vnetd::config::LinkProto::Quic);
+    assert_eq!(dialer.proto, vnet_core::config::LinkProto::Quic);
     assert_eq!(
         dialer.peer,
         Some("198.18.0.1:7401".parse().unwrap()),

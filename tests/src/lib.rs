@@ -43,8 +43,8 @@ pub const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A well-formed 16-byte link header (vnetd's own encoding) announcing `len` payload
 /// bytes, whether or not they follow: hand-made messages for hostile-peer tests.
-pub fn wire_header(kind: vnetd::wire::Kind, session: u32, len: u32) -> [u8; 16] {
-    vnetd::wire::Header {
+pub fn wire_header(kind: vnet_core::wire::Kind, session: u32, len: u32) -> [u8; 16] {
+    vnet_core::wire::Header {
         kind,
         hop_limit: 0,
         flags: 0,

@@ -11,8 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vadapt::status::{Status, Verdict};
+use vadapt_service::status_file;
 use vnet_e2e::{bin, root_or_skip, wait_for, wait_until, Lab, Proc};
-use vnet_tools::adapt::{Status, Verdict};
 
 /// Lab options shared by the tests.
 const LAB: &[&str] = &["--hosts", "3", "--vms", "2", "--uplink", "h0=20mbit"];
@@ -55,7 +56,7 @@ fn adaptor(lab: &Lab, status: &Path, args: &[&str]) -> Proc {
 }
 
 fn status(path: &Path) -> Option<Status> {
-    Status::read(path).ok()
+    status_file::read(path).ok()
 }
 
 /// Every daemon's configuration, as `vnet config get` prints it.

@@ -6,8 +6,8 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use vnet_control::proto::{LinkState, MeasureReport, ProbeResult};
 use vnet_e2e::{bin, root_or_skip, wait_for, Lab, Proc};
-use vnetd::control::proto::{LinkState, MeasureReport, ProbeResult};
 
 /// The rate `--uplink h2=RATE` shapes h2 to, Mbit/s.
 const SHAPED_MBPS: f64 = 40.0;

@@ -8,8 +8,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use vadapt_service::hook::{Hook, HookError, MigrationRequest};
 use vnet_e2e::{bin, root_or_skip, run, vnet, wait_for, Lab, Proc};
-use vnet_tools::migrate::{Hook, HookError, MigrationRequest};
 
 /// The VM that moves (vm1, on h2 in every lab here) and its peer (vm0, on h1).
 const VM: usize = 1;

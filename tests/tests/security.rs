@@ -7,8 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use vnet_core::wire::Kind;
 use vnet_e2e::{kill, pid_alive, random_bytes, root_or_skip, wait_for, wire_header, Lab};
-use vnetd::wire::Kind;
 
 /// A daemon with the wrong key dialing the proxy over TCP never brings its link up and
 /// never disturbs the real host's session; a peer that answers the proxy's challenge

@@ -20,8 +20,8 @@ use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use vnet_core::wire::Kind;
 use vnet_e2e::{random_bytes, wire_header};
-use vnetd::wire::Kind;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -176,7 +176,7 @@ fn read_message(s: &mut TcpStream) -> Result<(u8, u32, Vec<u8>), String> {
 }
 
 fn forge(addr: SocketAddr, link: &str, node: &str) -> Result<String, String> {
-    use vnetd::handshake::{self, Initiator, NetworkKey, Offer, Proof};
+    use vnet_core::handshake::{self, Initiator, NetworkKey, Offer, Proof};
     let mut s = connect(addr)?;
     // A well-formed Hello from a daemon holding some other key.
     let random32 = || -> [u8; 32] { random_bytes(32).try_into().unwrap_or([7; 32]) };

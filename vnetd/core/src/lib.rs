@@ -1,0 +1,29 @@
+//! vnet's sans-IO core: everything the daemon decides, with none of what it does.
+//!
+//! Nothing here touches a socket, a thread, the clock or a random source: time comes in
+//! as `now`, randomness (nonces, ephemeral secrets, session ids) as arguments. The
+//! daemon (`vnetd`), the control state (`vnet-control`), the language (`lang`), VTTIF and
+//! the simulator all build on these modules:
+//!
+//! - [`mac`]: `MacAddr`; [`rule`]: rule sides, outputs and **the priority table**;
+//!   [`table`]: the indexed forwarding table and the lookup cache; [`forward`]: one
+//!   forwarding step, drop reasons and counters.
+//! - [`wire`]: the link message codec; [`handshake`]: link authentication;
+//!   [`crypto`]: session keys and sealing; [`fragment`]: datagram fragmentation.
+//! - [`offload`]: virtio-net headers, segmentation, checksums; [`gro`]: coalescing
+//!   received segments into super-frames.
+//! - [`measure`]: round-trip time, throughput, probe bookkeeping.
+//! - [`config`]: the daemon's configuration and the topology the control plane changes.
+
+pub mod config;
+pub mod crypto;
+pub mod forward;
+pub mod fragment;
+pub mod gro;
+pub mod handshake;
+pub mod mac;
+pub mod measure;
+pub mod offload;
+pub mod rule;
+pub mod table;
+pub mod wire;

@@ -1,0 +1,530 @@
+//! TCP links: a dialer that keeps one authenticated connection up (re-dialing with
+//! backoff), an acceptor for links the peer dials (and for bandwidth probes,
+//! [`super::probe`]), and the session that moves frames.
+//!
+//! A session runs on a data-path thread of its own ([`crate::threads`]): it reads and
+//! forwards the peer's messages, flushes what the socket did not take, and sends a stamped
+//! keepalive every `KEEPALIVE`, so that both ends measure the round-trip time
+//! (`link::meter`); once a peer has sent one, its silence for `DEAD_AFTER` ends the
+//! session (a host gone without closing the connection). Every forwarding thread writes
+//! its frames straight to the socket ([`TcpTx`]); only what the socket cannot take at
+//! once waits in the session's outbox.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use std::io::{ErrorKind, Read, Write};
+use std::time::Instant;
+
+use tokio::io::BufReader;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::daemon::{Daemon, LinkInfo};
+use crate::datapath::{PortTx, Worker};
+use crate::link::meter::SessionMeter;
+use crate::link::probe::{self, PROBE_LINK};
+use crate::link::stream::{
+    adopt_session, initiate, read_hello, redial, respond_link, session_crypto, superframes, LinkError,
+};
+use crate::link::udp::{DEAD_AFTER, KEEPALIVE};
+use crate::link::{deliver, frame_payload, idle_state, update};
+use crate::threads::{thread_name, DataThread, Stop};
+use vnet_control::proto::LinkState;
+use vnet_core::config::LinkProto;
+use vnet_core::forward::{DropReason, PortStats};
+use vnet_core::handshake::Session;
+use vnet_core::rule::Output;
+use vnet_core::table::PortId;
+use vnet_core::wire::{self, Kind, HEADER_LEN};
+use vnet_seal::Opener;
+
+/// How long a connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Spawns the task that keeps link `name` dialed to `peer`.
+pub fn spawn_dialer(
+    daemon: Arc<Daemon>,
+    name: String,
+    peer: SocketAddr,
+    info: Arc<Mutex<LinkInfo>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        redial(&daemon, &name, peer, &info, || async {
+            let (session, stream, initial) = dial(&daemon, &name, peer).await?;
+            tracing::info!(link = %name, peer = %peer, node = %session.peer_node, "link up (tcp, dialed)");
+            Ok(run_session(&daemon, &name, session, peer, stream, initial, &info).await)
+        })
+        .await
+    })
+}
+
+/// Connects and authenticates; returns the session, the connection and what was read
+/// past the handshake.
+async fn dial(
+    daemon: &Daemon,
+    name: &str,
+    peer: SocketAddr,
+) -> Result<(Session, TcpStream, Vec<u8>), LinkError> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let session = initiate(daemon, name, &mut read, &mut write, [0; 32]).await?;
+    let (stream, initial) = rejoin(read, write)?;
+    Ok((session, stream, initial))
+}
+
+/// The connection again from its halves, and the bytes the handshake's reader buffered
+/// beyond the handshake (the peer may send right after its last handshake message).
+fn rejoin(
+    read: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    write: tokio::net::tcp::OwnedWriteHalf,
+) -> Result<(TcpStream, Vec<u8>), LinkError> {
+    let initial = read.buffer().to_vec();
+    let stream = read
+        .into_inner()
+        .reunite(write)
+        .map_err(|_| LinkError::Transport("connection halves do not match".into()))?;
+    Ok((stream, initial))
+}
+
+/// Accepts connections for links that wait for their peer, forever.
+pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, from)) => {
+                let daemon = daemon.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = accept(daemon.clone(), stream, from).await {
+                        tracing::warn!(peer = %from, "incoming link refused: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::error!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn accept(daemon: Arc<Daemon>, stream: TcpStream, from: SocketAddr) -> Result<(), LinkError> {
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let hello = read_hello(&daemon, &mut read).await?;
+    if hello.link == PROBE_LINK {
+        // The probe runs on this connection's own task: the accept loop goes on.
+        let (report, node) = probe::respond(&daemon, from, &hello, &mut read, &mut write).await?;
+        tracing::info!(peer = %from, node = %node, bytes = report.bytes, mbps = report.mbps().unwrap_or(0.0), "answered a bandwidth probe");
+        return Ok(());
+    }
+    let (session, info) = respond_link(
+        &daemon,
+        from,
+        LinkProto::Tcp,
+        &hello,
+        &mut read,
+        &mut write,
+        [0; 32],
+    )
+    .await?;
+    tracing::info!(link = %session.link, peer = %from, node = %session.peer_node, "link up (tcp, accepted)");
+    let (stream, initial) = rejoin(read, write)?;
+    let (task_daemon, task_info, name) = (daemon.clone(), info.clone(), session.link.clone());
+    adopt_session(&daemon, session.link.clone(), info, async move {
+        run_session(&task_daemon, &name, session, from, stream, initial, &task_info).await
+    });
+    Ok(())
+}
+
+/// Moves frames on an authenticated connection until it fails; returns why it ended.
+/// `initial` holds what the handshake's reader had already buffered past the handshake.
+async fn run_session(
+    daemon: &Arc<Daemon>,
+    name: &str,
+    session: Session,
+    remote: SocketAddr,
+    stream: TcpStream,
+    initial: Vec<u8>,
+    info: &Arc<Mutex<LinkInfo>>,
+) -> LinkError {
+    let (port, stats) = daemon.port(&Output::Link(name.to_string()));
+    let meter = Arc::new(SessionMeter::new(info.clone(), stats.clone()));
+    let (socket, stop) = match (stream.into_std(), Stop::new()) {
+        (Ok(s), Ok(stop)) => (Arc::new(s), stop),
+        (Err(e), _) | (_, Err(e)) => return LinkError::Io(e),
+    };
+    let tx = Arc::new(TcpTx::new(socket.clone(), stop.clone()));
+    let (sealer, opener) = session_crypto(&session).unzip();
+    let io = SessionIo {
+        daemon: daemon.clone(),
+        port,
+        stats,
+        socket: socket.clone(),
+        tx: tx.clone(),
+        opener,
+        meter,
+        session: session.id,
+    };
+    let (thread, ended) = match DataThread::spawn(thread_name("tcp", name), stop, move |stop: &Stop| {
+        io.run(initial, stop)
+    }) {
+        Ok(t) => t,
+        Err(e) => return LinkError::Io(e),
+    };
+    // Ends the thread and the connection however this future ends (also when aborted).
+    let _guard = SessionGuard {
+        socket,
+        tx: tx.clone(),
+        _thread: thread,
+    };
+    let token = daemon.link_up(
+        name,
+        PortTx::Tcp {
+            tx,
+            sealer,
+            superframes: superframes(&session),
+        },
+    );
+    update(info, |i| {
+        i.state = LinkState::Up;
+        i.peer_node = Some(session.peer_node.clone());
+        i.remote = Some(remote);
+        i.sessions += 1;
+        i.last_error = None;
+    });
+    let end = ended
+        .await
+        .unwrap_or_else(|_| LinkError::Transport("the session thread panicked".into()));
+    daemon.link_down(name, token);
+    update(info, |i| i.state = idle_state(false));
+    end
+}
+
+/// Stops a session's thread and closes its connection when the session ends.
+struct SessionGuard {
+    socket: Arc<std::net::TcpStream>,
+    tx: Arc<TcpTx>,
+    _thread: DataThread,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.tx.close();
+        // The peer learns at once; the descriptor closes when the last sender lets go.
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Most bytes a session queues behind its socket before frames are dropped as
+/// `queue_full`: about 64 super-frames, a few milliseconds at the speeds a TCP link runs.
+const OUTBOX_MAX: usize = 4 * 1024 * 1024;
+/// Room for the largest message plus a full socket read.
+const RECV_BUFFER: usize = 512 * 1024;
+/// Reads in a row before the session thread looks at its outbox and timers again.
+const READS_PER_ROUND: usize = 64;
+
+/// The send side of a TCP link session, shared by every forwarding thread. A message goes
+/// straight to the socket when nothing waits ahead of it; what the socket does not take
+/// waits in the outbox, which the session thread flushes. Messages are never split
+/// between a direct write and a drop: a message is sent whole or dropped whole.
+#[derive(Debug)]
+pub struct TcpTx {
+    socket: Arc<std::net::TcpStream>,
+    outbox: Mutex<Outbox>,
+    /// The session thread's signal: fired when the outbox gets something to flush.
+    session: Arc<Stop>,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    buf: Vec<u8>,
+    /// Bytes of `buf` before this are written.
+    head: usize,
+    /// The connection failed or the session ended: nothing more is sent.
+    closed: bool,
+}
+
+impl Outbox {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.head..]
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.head > 0 && self.head >= self.buf.len() / 2 {
+            // Move the unwritten rest to the front rather than grow past the cap.
+            self.buf.copy_within(self.head.., 0);
+            self.buf.truncate(self.buf.len() - self.head);
+            self.head = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn consumed(&mut self, n: usize) {
+        self.head += n;
+        if self.head == self.buf.len() {
+            self.buf.clear();
+            self.head = 0;
+        }
+    }
+}
+
+impl TcpTx {
+    fn new(socket: Arc<std::net::TcpStream>, session: Arc<Stop>) -> TcpTx {
+        TcpTx {
+            socket,
+            outbox: Mutex::default(),
+            session,
+        }
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        // Plain bytes and offsets that a panicking holder cannot leave inconsistent.
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends one encoded message, or drops it whole (`queue_full`) when the outbox is
+    /// full; `port_down` once the session has ended.
+    pub fn send(&self, msg: &[u8]) -> Result<(), DropReason> {
+        self.enqueue(msg, OUTBOX_MAX)
+    }
+
+    fn enqueue(&self, msg: &[u8], limit: usize) -> Result<(), DropReason> {
+        let mut outbox = self.outbox();
+        if outbox.closed {
+            return Err(DropReason::PortDown);
+        }
+        let mut rest = msg;
+        if outbox.pending().is_empty() {
+            loop {
+                match (&*self.socket).write(rest) {
+                    Ok(n) if n == rest.len() => return Ok(()),
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        // The session thread sees the same failure and ends the session.
+                        outbox.closed = true;
+                        return Err(DropReason::SendError);
+                    }
+                }
+                break;
+            }
+        }
+        // A message partly written must be finished, whatever the limit.
+        if rest.len() == msg.len() && outbox.pending().len() + msg.len() > limit {
+            return Err(DropReason::QueueFull);
+        }
+        let was_empty = outbox.pending().is_empty();
+        outbox.push(rest);
+        drop(outbox);
+        if was_empty {
+            self.session.waker().wake();
+        }
+        Ok(())
+    }
+
+    /// Writes what the outbox holds until the socket is full; true when it is empty.
+    fn flush(&self) -> std::io::Result<bool> {
+        let mut outbox = self.outbox();
+        while !outbox.pending().is_empty() {
+            match (&*self.socket).write(outbox.pending()) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => outbox.consumed(n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => {
+                    outbox.closed = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Refuses every later message.
+    fn close(&self) {
+        self.outbox().closed = true;
+    }
+}
+
+/// What a session thread owns.
+struct SessionIo {
+    daemon: Arc<Daemon>,
+    port: PortId,
+    stats: Arc<PortStats>,
+    socket: Arc<std::net::TcpStream>,
+    tx: Arc<TcpTx>,
+    opener: Option<Opener>,
+    meter: Arc<SessionMeter>,
+    session: u32,
+}
+
+impl SessionIo {
+    /// Runs the session until the connection fails, the peer falls silent or the thread is
+    /// stopped; returns why it ended.
+    fn run(mut self, initial: Vec<u8>, stop: &Stop) -> LinkError {
+        let mut worker = self.daemon.datapath.worker();
+        let end = self.serve(&mut worker, initial, stop);
+        self.tx.close();
+        self.daemon.datapath.report_cache(&mut worker);
+        end
+    }
+
+    fn serve(&mut self, worker: &mut Worker, initial: Vec<u8>, stop: &Stop) -> LinkError {
+        let mut buf = vec![0u8; RECV_BUFFER.max(initial.len())];
+        buf[..initial.len()].copy_from_slice(&initial);
+        let (mut start, mut end) = (0, initial.len());
+        let mut plain = Vec::new();
+        let mut keepalive = Vec::new();
+        // A peer that has sent a keepalive keeps sending them; its silence then means it
+        // is gone (a host that vanished without closing the connection). A peer that never
+        // sent one (an older daemon) is left to TCP.
+        let mut keeps_alive = false;
+        let mut heard = Instant::now();
+        let mut next_keepalive = Instant::now();
+        loop {
+            if stop.is_set() {
+                return LinkError::Transport("session stopped".into());
+            }
+            // Read and forward what the peer sent, a bounded number of reads at a time.
+            let mut drained = false;
+            for _ in 0..READS_PER_ROUND {
+                loop {
+                    match wire::split_stream(&buf[start..end]) {
+                        Ok(Some((header, len))) => {
+                            let payload = &buf[start + HEADER_LEN..start + len];
+                            start += len;
+                            match header.kind {
+                                Kind::Frame => {
+                                    let frame = match frame_payload(
+                                        self.opener.as_mut(),
+                                        &header,
+                                        payload,
+                                        &mut plain,
+                                    ) {
+                                        Ok(f) => f,
+                                        Err(reason) => {
+                                            // A stream that carries a forgery is not worth
+                                            // reading further.
+                                            self.daemon.datapath.drops.add(reason);
+                                            return LinkError::Transport(
+                                                "frame failed authentication".into(),
+                                            );
+                                        }
+                                    };
+                                    if let Err(reason) =
+                                        deliver(&self.daemon, worker, self.port, &self.stats, &header, frame)
+                                    {
+                                        self.daemon.datapath.drops.add(reason);
+                                    }
+                                }
+                                Kind::Keepalive => {
+                                    keeps_alive = true;
+                                    if self.meter.on_keepalive(payload).is_err() {
+                                        self.daemon.datapath.drops.add(DropReason::BadMessage);
+                                    }
+                                }
+                                other => {
+                                    self.daemon.datapath.drops.add(DropReason::BadMessage);
+                                    return LinkError::Unexpected(other);
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            self.daemon.datapath.drops.add(DropReason::BadMessage);
+                            return LinkError::Wire(e);
+                        }
+                    }
+                }
+                // Keep room behind the unparsed rest for the largest message.
+                if start == end {
+                    (start, end) = (0, 0);
+                } else if buf.len() - start < wire::HEADER_LEN + wire::MAX_PAYLOAD + 64 * 1024 {
+                    buf.copy_within(start..end, 0);
+                    (start, end) = (0, end - start);
+                }
+                match (&*self.socket).read(&mut buf[end..]) {
+                    Ok(0) => return LinkError::Transport("the peer closed the connection".into()),
+                    Ok(n) => {
+                        end += n;
+                        heard = Instant::now();
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        drained = true;
+                        break;
+                    }
+                    Err(e) => return LinkError::Io(e),
+                }
+            }
+            let flushed = match self.tx.flush() {
+                Ok(empty) => empty,
+                Err(e) => return LinkError::Io(e),
+            };
+            let now = Instant::now();
+            if now >= next_keepalive {
+                self.meter.sample_counters();
+                keepalive.clear();
+                // A keepalive payload is far below MAX_PAYLOAD: encoding cannot fail. It is
+                // stamped as it is sent, so only socket time counts as round-trip time.
+                let _ = wire::encode_message(
+                    Kind::Keepalive,
+                    0,
+                    self.session,
+                    &self.meter.keepalive(),
+                    &mut keepalive,
+                );
+                if let Err(DropReason::SendError) = self.tx.enqueue(&keepalive, usize::MAX) {
+                    return LinkError::Transport("cannot write to the connection".into());
+                }
+                next_keepalive = now + KEEPALIVE;
+            }
+            if keeps_alive && now.duration_since(heard) >= DEAD_AFTER {
+                return LinkError::Transport(format!("no message from the peer for {DEAD_AFTER:?}"));
+            }
+            if drained {
+                self.daemon.datapath.report_cache(worker);
+                let mut timeout = next_keepalive.saturating_duration_since(now);
+                if keeps_alive {
+                    timeout = timeout.min((heard + DEAD_AFTER).saturating_duration_since(now));
+                }
+                let interest = vnet_sys::Interest {
+                    read: true,
+                    write: !flushed,
+                };
+                if let Err(e) = vnet_sys::wait(&*self.socket, interest, stop.waker(), Some(timeout)) {
+                    return LinkError::Io(e);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_keeps_unwritten_bytes_in_order_and_compacts() {
+        let mut o = Outbox::default();
+        o.push(b"abcdef");
+        o.consumed(4);
+        assert_eq!(o.pending(), b"ef");
+        // More than half is written: the rest moves to the front before growing.
+        o.push(b"gh");
+        assert_eq!((o.head, o.pending()), (0, &b"efgh"[..]));
+        o.consumed(1);
+        o.push(b"i");
+        assert_eq!(o.pending(), b"fghi");
+        o.consumed(4);
+        assert!(o.pending().is_empty() && o.buf.is_empty() && o.head == 0);
+    }
+}
