@@ -384,8 +384,10 @@ impl ForwardingTable {
     /// cache used with `previous` and then with this table (and with later tables built
     /// the same way) never confuses them.
     pub fn succeeding(previous: &ForwardingTable) -> Self {
-        let mut t = Self::default();
-        t.generation = previous.generation;
+        let mut t = Self {
+            generation: previous.generation,
+            ..Self::default()
+        };
         t.bump();
         t
     }
