@@ -248,6 +248,13 @@ pub struct LinkStatus {
     pub counters: PortCounters,
 }
 
+impl LinkStatus {
+    /// Whether the link is authenticated and forwarding.
+    pub fn is_up(&self) -> bool {
+        self.state == LinkState::Up
+    }
+}
+
 /// A rule with its priority and hits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleStatus {
@@ -280,6 +287,31 @@ pub struct StatsReport {
     pub cache_hits: u64,
     /// Lookup cache misses, summed over workers.
     pub cache_misses: u64,
+}
+
+impl StatsReport {
+    /// Counters of link `name`, if the daemon has that link.
+    pub fn link(&self, name: &str) -> Option<PortCounters> {
+        find_port(&self.links, name)
+    }
+
+    /// Counters of interface `name`, if the daemon has that interface.
+    pub fn iface(&self, name: &str) -> Option<PortCounters> {
+        find_port(&self.ifaces, name)
+    }
+
+    /// Frames and messages dropped for `reason` (`auth_failed`, `too_large`, ...); 0 when
+    /// the report leaves it out (only non-zero reasons travel).
+    pub fn drops(&self, reason: &str) -> u64 {
+        self.drops
+            .iter()
+            .find(|(r, _)| r == reason)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+fn find_port(ports: &[(String, PortCounters)], name: &str) -> Option<PortCounters> {
+    ports.iter().find(|(n, _)| n == name).map(|(_, c)| *c)
 }
 
 /// Answer to [`Request::Measure`].
@@ -519,6 +551,51 @@ mod tests {
             decode_body::<RequestEnvelope>(&bytes[4..]),
             Err(DecodeError::Body(_))
         ));
+    }
+
+    #[test]
+    fn stats_report_finds_ports_and_drops_by_name() {
+        let c = |rx_frames| PortCounters {
+            rx_frames,
+            ..PortCounters::default()
+        };
+        let s = StatsReport {
+            node: "h1".into(),
+            ifaces: vec![("vm0".into(), c(1))],
+            links: vec![("h0-h1".into(), c(2)), ("h1-h2".into(), c(3))],
+            rules: Vec::new(),
+            drops: vec![("too_large".into(), 4)],
+            cache_hits: 0,
+            cache_misses: 0,
+        };
+        assert_eq!(s.link("h1-h2"), Some(c(3)));
+        assert_eq!(s.iface("vm0"), Some(c(1)));
+        // Names are per kind: an interface is not a link.
+        assert_eq!(s.link("vm0"), None);
+        assert_eq!(s.iface("h0-h1"), None);
+        assert_eq!(s.drops("too_large"), 4);
+        assert_eq!(s.drops("auth_failed"), 0);
+    }
+
+    #[test]
+    fn only_an_up_link_is_up() {
+        let link = |state| LinkStatus {
+            spec: LinkSpec {
+                name: "h0-h1".into(),
+                proto: LinkProto::Tcp,
+                peer: None,
+                encrypt: false,
+            },
+            state,
+            peer_node: None,
+            remote: None,
+            sessions: 0,
+            last_error: None,
+            counters: PortCounters::default(),
+        };
+        assert!(link(LinkState::Up).is_up());
+        assert!(!link(LinkState::Connecting).is_up());
+        assert!(!link(LinkState::Waiting).is_up());
     }
 
     proptest! {
