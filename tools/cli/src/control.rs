@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use vnet_client::Client;
-use vnet_control::proto::{MeasureReport, PortCounters, ProbeResult, Request, Response};
+use vnet_control::proto::{MeasureReport, PortCounters, ProbeResult};
 use vnet_core::config::{IfaceKind, IfaceSpec, LinkProto, LinkSpec, Topology};
 use vnet_core::mac::MacAddr;
 use vnet_core::rule::{DstMatch, MacMatch, Output, RuleSpec};
@@ -52,11 +52,6 @@ impl Target {
                 )
             }),
         }
-    }
-
-    /// Sends one request.
-    pub fn request(&self, request: Request) -> Result<Response> {
-        Ok(self.connect()?.request(request)?)
     }
 }
 
@@ -247,10 +242,6 @@ fn print_json<T: Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
-fn unexpected(r: Response) -> anyhow::Error {
-    anyhow::anyhow!("unexpected answer from vnetd: {r:?}")
-}
-
 fn counters(c: &PortCounters) -> String {
     format!(
         "rx {} frames / {} B, tx {} frames / {} B, tx drops {}",
@@ -261,93 +252,90 @@ fn counters(c: &PortCounters) -> String {
 /// Runs a control command.
 pub fn run(target: &Target, cmd: ControlCommand) -> Result<()> {
     match cmd {
-        ControlCommand::Status { json } => match target.request(Request::Status)? {
-            Response::Status(s) if json => print_json(&s),
-            Response::Status(s) => {
-                println!(
-                    "node {} (vnetd {}), up {:.1} s, links on {}, config-time bound {}",
-                    s.node,
-                    s.version,
-                    s.uptime_ms as f64 / 1000.0,
-                    s.listen,
-                    s.config_time_bound_ms
-                        .map_or("unset".to_string(), |b| format!("{b} ms"))
-                );
-                Ok(())
+        ControlCommand::Status { json } => {
+            let s = target.connect()?.status()?;
+            if json {
+                return print_json(&s);
             }
-            r => Err(unexpected(r)),
-        },
+            println!(
+                "node {} (vnetd {}), up {:.1} s, links on {}, config-time bound {}",
+                s.node,
+                s.version,
+                s.uptime_ms as f64 / 1000.0,
+                s.listen,
+                s.config_time_bound_ms
+                    .map_or("unset".to_string(), |b| format!("{b} ms"))
+            );
+            Ok(())
+        }
         ControlCommand::Iface(c) => iface(target, c),
         ControlCommand::Link(c) => link(target, c),
         ControlCommand::Rule(c) => rule(target, c),
-        ControlCommand::Stats { json } => match target.request(Request::Stats)? {
-            Response::Stats(s) if json => print_json(&s),
-            Response::Stats(s) => {
-                println!("node {}", s.node);
-                for (n, c) in &s.ifaces {
-                    println!("  iface {n:<12} {}", counters(c));
-                }
-                for (n, c) in &s.links {
-                    println!("  link  {n:<12} {}", counters(c));
-                }
-                for (id, frames, bytes) in &s.rules {
-                    println!("  rule  {:<12} {frames} frames / {bytes} B", id.0);
-                }
-                let drops: Vec<String> = s.drops.iter().map(|(r, n)| format!("{r} {n}")).collect();
-                println!(
-                    "  drops {}",
-                    if drops.is_empty() {
-                        "none".to_string()
-                    } else {
-                        drops.join(", ")
-                    }
-                );
-                println!("  lookup cache {} hits, {} misses", s.cache_hits, s.cache_misses);
-                Ok(())
+        ControlCommand::Stats { json } => {
+            let s = target.connect()?.stats()?;
+            if json {
+                return print_json(&s);
             }
-            r => Err(unexpected(r)),
-        },
-        ControlCommand::Config(ConfigCommand::Get { json }) => match target.request(Request::ConfigGet)? {
-            Response::Config(t) if json => print_json(&t),
-            Response::Config(t) => {
-                print!("{}", t.to_toml());
-                Ok(())
+            println!("node {}", s.node);
+            for (n, c) in &s.ifaces {
+                println!("  iface {n:<12} {}", counters(c));
             }
-            r => Err(unexpected(r)),
-        },
+            for (n, c) in &s.links {
+                println!("  link  {n:<12} {}", counters(c));
+            }
+            for (id, frames, bytes) in &s.rules {
+                println!("  rule  {:<12} {frames} frames / {bytes} B", id.0);
+            }
+            let drops: Vec<String> = s.drops.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            println!(
+                "  drops {}",
+                if drops.is_empty() {
+                    "none".to_string()
+                } else {
+                    drops.join(", ")
+                }
+            );
+            println!("  lookup cache {} hits, {} misses", s.cache_hits, s.cache_misses);
+            Ok(())
+        }
+        ControlCommand::Config(ConfigCommand::Get { json }) => {
+            let t = target.connect()?.config_get()?;
+            if json {
+                return print_json(&t);
+            }
+            print!("{}", t.to_toml());
+            Ok(())
+        }
         ControlCommand::Config(ConfigCommand::Replace { file }) => {
             let text =
                 std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let topology = Topology::from_toml(&text).with_context(|| format!("{}", file.display()))?;
-            expect_done(target.request(Request::ConfigReplace(topology))?)
+            Ok(target.connect()?.config_replace(topology)?)
         }
-        ControlCommand::Bound { ms } => expect_done(target.request(Request::SetConfigTimeBound { ms })?),
+        ControlCommand::Bound { ms } => Ok(target.connect()?.set_config_time_bound(ms)?),
         ControlCommand::Measure(args) => measure(target, args),
     }
 }
 
 fn measure(target: &Target, args: MeasureArgs) -> Result<()> {
-    let request = match args.probe {
-        Some(to) => Request::Probe {
-            to,
-            max_bytes: args.bytes,
-            max_ms: args.ms,
-        },
-        None => Request::Measure,
-    };
-    match target.request(request)? {
-        Response::Measurements(m) if args.json => print_json(&m),
-        Response::Measurements(m) => {
-            print!("{}", measure_table(&m));
-            Ok(())
-        }
-        Response::Probe(p) if args.json => print_json(&p),
-        Response::Probe(p) => {
+    let mut client = target.connect()?;
+    match args.probe {
+        Some(to) => {
+            let p = client.probe(to, args.bytes, args.ms)?;
+            if args.json {
+                return print_json(&p);
+            }
             println!("{}", probe_line(&p));
-            Ok(())
         }
-        r => Err(unexpected(r)),
+        None => {
+            let m = client.measure()?;
+            if args.json {
+                return print_json(&m);
+            }
+            print!("{}", measure_table(&m));
+        }
     }
+    Ok(())
 }
 
 /// `vnet measure`'s table: one line per link.
@@ -388,45 +376,38 @@ fn probe_line(p: &ProbeResult) -> String {
     )
 }
 
-fn expect_done(r: Response) -> Result<()> {
-    match r {
-        Response::Done => Ok(()),
-        r => Err(unexpected(r)),
-    }
-}
-
 fn iface(target: &Target, cmd: IfaceCommand) -> Result<()> {
     match cmd {
-        IfaceCommand::List { json } => match target.request(Request::IfaceList)? {
-            Response::Ifaces(list) if json => print_json(&list),
-            Response::Ifaces(list) => {
-                for i in list {
-                    let kind = match i.spec.kind {
-                        IfaceKind::Tap => "tap",
-                        IfaceKind::Attach => "attach",
-                    };
-                    let state = if i.up {
-                        "up".to_string()
-                    } else {
-                        format!("down ({})", i.error.unwrap_or_default())
-                    };
-                    println!(
-                        "{:<12} {kind:<6} dev {}{} mac {} {state}; {}",
-                        i.spec.name,
-                        i.spec.device(),
-                        i.spec
-                            .netns
-                            .as_ref()
-                            .map(|n| format!(" netns {n}"))
-                            .unwrap_or_default(),
-                        i.spec.mac.map_or("-".to_string(), |m| m.to_string()),
-                        counters(&i.counters)
-                    );
-                }
-                Ok(())
+        IfaceCommand::List { json } => {
+            let list = target.connect()?.iface_list()?;
+            if json {
+                return print_json(&list);
             }
-            r => Err(unexpected(r)),
-        },
+            for i in list {
+                let kind = match i.spec.kind {
+                    IfaceKind::Tap => "tap",
+                    IfaceKind::Attach => "attach",
+                };
+                let state = if i.up {
+                    "up".to_string()
+                } else {
+                    format!("down ({})", i.error.unwrap_or_default())
+                };
+                println!(
+                    "{:<12} {kind:<6} dev {}{} mac {} {state}; {}",
+                    i.spec.name,
+                    i.spec.device(),
+                    i.spec
+                        .netns
+                        .as_ref()
+                        .map(|n| format!(" netns {n}"))
+                        .unwrap_or_default(),
+                    i.spec.mac.map_or("-".to_string(), |m| m.to_string()),
+                    counters(&i.counters)
+                );
+            }
+            Ok(())
+        }
         IfaceCommand::Add {
             name,
             attach,
@@ -440,7 +421,7 @@ fn iface(target: &Target, cmd: IfaceCommand) -> Result<()> {
             if attach && (mac.is_some() || mtu.is_some() || netns.is_some()) {
                 bail!("--mac, --mtu and --netns apply to TAP devices vnetd creates, not to attached devices");
             }
-            expect_done(target.request(Request::IfaceAdd(IfaceSpec {
+            Ok(target.connect()?.iface_add(IfaceSpec {
                 name,
                 kind,
                 device,
@@ -448,39 +429,39 @@ fn iface(target: &Target, cmd: IfaceCommand) -> Result<()> {
                 mac,
                 mtu,
                 offload: !no_offload,
-            }))?)
+            })?)
         }
-        IfaceCommand::Del { name } => expect_done(target.request(Request::IfaceDel { name })?),
+        IfaceCommand::Del { name } => Ok(target.connect()?.iface_del(&name)?),
     }
 }
 
 fn link(target: &Target, cmd: LinkCommand) -> Result<()> {
     match cmd {
-        LinkCommand::List { json } => match target.request(Request::LinkList)? {
-            Response::Links(list) if json => print_json(&list),
-            Response::Links(list) => {
-                for l in list {
-                    let toward = match l.spec.peer {
-                        Some(p) => format!("dials {p}"),
-                        None => "waits".to_string(),
-                    };
-                    println!(
-                        "{:<12} {} {toward:<24} {:?}{} sessions {}{}; {}",
-                        l.spec.name,
-                        l.spec.proto,
-                        l.state,
-                        l.peer_node.map(|n| format!(" to {n}")).unwrap_or_default(),
-                        l.sessions,
-                        l.last_error
-                            .map(|e| format!(" (last error: {e})"))
-                            .unwrap_or_default(),
-                        counters(&l.counters)
-                    );
-                }
-                Ok(())
+        LinkCommand::List { json } => {
+            let list = target.connect()?.link_list()?;
+            if json {
+                return print_json(&list);
             }
-            r => Err(unexpected(r)),
-        },
+            for l in list {
+                let toward = match l.spec.peer {
+                    Some(p) => format!("dials {p}"),
+                    None => "waits".to_string(),
+                };
+                println!(
+                    "{:<12} {} {toward:<24} {:?}{} sessions {}{}; {}",
+                    l.spec.name,
+                    l.spec.proto,
+                    l.state,
+                    l.peer_node.map(|n| format!(" to {n}")).unwrap_or_default(),
+                    l.sessions,
+                    l.last_error
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default(),
+                    counters(&l.counters)
+                );
+            }
+            Ok(())
+        }
         LinkCommand::Add {
             name,
             proto,
@@ -492,42 +473,38 @@ fn link(target: &Target, cmd: LinkCommand) -> Result<()> {
                 Proto::Udp => LinkProto::Udp,
                 Proto::Quic => LinkProto::Quic,
             };
-            expect_done(target.request(Request::LinkAdd(LinkSpec {
+            Ok(target.connect()?.link_add(LinkSpec {
                 name,
                 proto,
                 peer,
                 encrypt,
-            }))?)
+            })?)
         }
-        LinkCommand::Del { name } => expect_done(target.request(Request::LinkDel { name })?),
+        LinkCommand::Del { name } => Ok(target.connect()?.link_del(&name)?),
     }
 }
 
 fn rule(target: &Target, cmd: RuleCommand) -> Result<()> {
     match cmd {
-        RuleCommand::List { json } => match target.request(Request::RuleList)? {
-            Response::Rules(list) if json => print_json(&list),
-            Response::Rules(list) => {
-                for r in list {
-                    println!(
-                        "{:>4}  prio {:>2}  {}  ({} frames, {} B)",
-                        r.id.0, r.priority, r.spec, r.frames, r.bytes
-                    );
-                }
-                Ok(())
+        RuleCommand::List { json } => {
+            let list = target.connect()?.rule_list()?;
+            if json {
+                return print_json(&list);
             }
-            r => Err(unexpected(r)),
-        },
-        RuleCommand::Add { src, dst, out } => {
-            match target.request(Request::RuleAdd(RuleSpec { src, dst, out }))? {
-                Response::RuleAdded(id) => {
-                    println!("{}", id.0);
-                    Ok(())
-                }
-                r => Err(unexpected(r)),
+            for r in list {
+                println!(
+                    "{:>4}  prio {:>2}  {}  ({} frames, {} B)",
+                    r.id.0, r.priority, r.spec, r.frames, r.bytes
+                );
             }
+            Ok(())
         }
-        RuleCommand::Del { id } => expect_done(target.request(Request::RuleDel { id: RuleId(id) })?),
+        RuleCommand::Add { src, dst, out } => {
+            let id = target.connect()?.rule_add(RuleSpec { src, dst, out })?;
+            println!("{}", id.0);
+            Ok(())
+        }
+        RuleCommand::Del { id } => Ok(target.connect()?.rule_del(RuleId(id))?),
     }
 }
 

@@ -29,7 +29,6 @@ use clap::Args;
 use serde::Serialize;
 
 use vnet_client::Client;
-use vnet_control::proto::{Request, Response};
 
 use crate::topo::draw::{render, Format};
 use vadapt::status::{DecisionRecord, Phase, Status, Verdict};
@@ -101,11 +100,9 @@ pub struct DemoArgs {
     vadapt: Option<PathBuf>,
 }
 
-/// Asks one daemon something.
-pub fn ask(control: &Path, request: Request) -> Result<Response> {
-    let mut c =
-        Client::unix(control).with_context(|| format!("cannot reach vnetd at {}", control.display()))?;
-    Ok(c.request(request)?)
+/// Connects to one daemon's control socket.
+fn connect(control: &Path) -> Result<Client> {
+    Client::unix(control).with_context(|| format!("cannot reach vnetd at {}", control.display()))
 }
 
 /// The demo's report: what `--json` prints.
@@ -346,10 +343,8 @@ fn placement_text(p: &BTreeMap<String, String>) -> String {
 
 /// Bytes the proxy h0 has received on all its links so far.
 fn proxy_bytes(info: &LabInfo) -> Result<u64> {
-    match ask(&info.hosts[0].control, Request::Stats)? {
-        Response::Stats(s) => Ok(s.links.iter().map(|(_, c)| c.rx_bytes).sum()),
-        r => bail!("unexpected answer {r:?}"),
-    }
+    let s = connect(&info.hosts[0].control)?.stats()?;
+    Ok(s.links.iter().map(|(_, c)| c.rx_bytes).sum())
 }
 
 /// Draws the lab's live overlay (links with state and counters, VMs) as SVG into `path`.

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use vnet_client::Client;
-use vnet_control::proto::{Request, Response};
+use vnet_client::{Client, ClientError};
 use vttif::{Aggregator, Params, Topology, View};
 
 use crate::control::Target;
@@ -93,14 +92,15 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn request(&mut self, r: Request) -> Result<Response> {
+    /// Runs `primitive` on the daemon, connecting first if need be.
+    fn ask<T>(&mut self, primitive: impl FnOnce(&mut Client) -> Result<T, ClientError>) -> Result<T> {
         if self.client.is_none() {
             self.client = Some(
                 Client::unix(&self.socket)
                     .with_context(|| format!("cannot reach vnetd at {}", self.socket.display()))?,
             );
         }
-        let answer = self.client.as_mut().map(|c| c.request(r));
+        let answer = self.client.as_mut().map(primitive);
         match answer {
             Some(Ok(resp)) => Ok(resp),
             Some(Err(e)) => {
@@ -134,10 +134,7 @@ pub fn run(target: &Target, args: VttifArgs) -> Result<()> {
         .collect();
     if args.enable || args.disable {
         for d in &mut daemons {
-            match d.request(Request::VttifSet { enabled: args.enable })? {
-                Response::Done => {}
-                r => bail!("unexpected answer from {}: {r:?}", d.socket.display()),
-            }
+            d.ask(|c| c.vttif_set(args.enable))?;
         }
         return Ok(());
     }
@@ -159,11 +156,10 @@ pub fn run(target: &Target, args: VttifArgs) -> Result<()> {
     loop {
         let now = start.elapsed();
         for d in &mut daemons {
-            match d.request(Request::VttifMatrix) {
-                Ok(Response::VttifMatrix(snap)) => {
+            match d.ask(Client::vttif_matrix) {
+                Ok(snap) => {
                     agg.ingest(now, &d.socket.to_string_lossy(), &snap);
                 }
-                Ok(r) => bail!("unexpected answer from {}: {r:?}", d.socket.display()),
                 // A daemon that is down in watch mode: keep polling the others.
                 Err(e) if args.watch => eprintln!("vnet vttif: {e:#}"),
                 Err(e) => return Err(e),

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use lang::ast::Control;
 use lang::{Action, Host, Overlay};
-use vnet_client::Client;
-use vnet_control::proto::{LinkState, LinkStatus, Request, Response};
+use vnet_client::{Client, ClientError};
+use vnet_control::proto::LinkStatus;
 use vnet_core::config::Topology;
 
 use crate::LINK_PORT;
@@ -94,27 +94,26 @@ impl Fleet {
             .ok_or_else(|| anyhow!("no daemon for machine `{machine}`"))
     }
 
-    /// Sends one request to `machine`'s daemon.
-    pub fn request(&self, machine: &str, request: Request) -> Result<Response> {
+    /// Runs one control primitive (`Client::link_list`, `|c| c.config_replace(t)`, ...)
+    /// on `machine`'s daemon.
+    pub fn ask<T>(
+        &self,
+        machine: &str,
+        primitive: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T> {
         let mut client = connect(self.host(machine)?)?;
-        client
-            .request(request)
-            .with_context(|| format!("daemon of `{machine}`"))
+        primitive(&mut client).with_context(|| format!("daemon of `{machine}`"))
     }
 
     /// The overlay the daemons run now.
     pub fn live(&self) -> Result<Overlay> {
         let mut topologies = BTreeMap::new();
         for h in &self.hosts {
-            match self.request(&h.machine, Request::ConfigGet)? {
-                Response::Config(t) => {
-                    self.bounds
-                        .borrow_mut()
-                        .insert(h.machine.clone(), t.config_time_bound_ms);
-                    topologies.insert(h.machine.clone(), t);
-                }
-                other => bail!("daemon of `{}` answered ConfigGet with {other:?}", h.machine),
-            }
+            let t = self.ask(&h.machine, Client::config_get)?;
+            self.bounds
+                .borrow_mut()
+                .insert(h.machine.clone(), t.config_time_bound_ms);
+            topologies.insert(h.machine.clone(), t);
         }
         lang::decompile(&self.hosts, &topologies)
             .context("reading the daemons' configuration as a description")
@@ -141,7 +140,7 @@ impl Fleet {
         for m in machines {
             let mut topology: Topology = compiled.remove(*m).unwrap_or_default();
             topology.config_time_bound_ms = self.bounds.borrow().get(*m).copied().flatten();
-            self.request(m, Request::ConfigReplace(topology))?;
+            self.ask(m, |c| c.config_replace(topology))?;
         }
         Ok(machines.len())
     }
@@ -155,13 +154,12 @@ impl Fleet {
         let done = crate::sys::poll_until(timeout, POLL, || {
             down.clear();
             for m in machines {
-                match self.request(m, Request::LinkList) {
-                    Ok(Response::Links(list)) => down.extend(
+                match self.ask(m, Client::link_list) {
+                    Ok(list) => down.extend(
                         list.iter()
-                            .filter(|l| links.contains(&l.spec.name) && l.state != LinkState::Up)
+                            .filter(|l| links.contains(&l.spec.name) && !l.is_up())
                             .map(|l| format!("{} on {m}", l.spec.name)),
                     ),
-                    Ok(other) => down.push(format!("{m}: unexpected answer {other:?}")),
                     Err(e) => down.push(format!("{m}: {e:#}")),
                 }
             }
@@ -177,10 +175,7 @@ impl Fleet {
     pub fn link_status(&self) -> Result<BTreeMap<String, Vec<LinkStatus>>> {
         self.hosts
             .iter()
-            .map(|h| match self.request(&h.machine, Request::LinkList)? {
-                Response::Links(l) => Ok((h.machine.clone(), l)),
-                other => bail!("daemon of `{}` answered LinkList with {other:?}", h.machine),
-            })
+            .map(|h| Ok((h.machine.clone(), self.ask(&h.machine, Client::link_list)?)))
             .collect()
     }
 

@@ -540,23 +540,17 @@ fn start_vnetd(plan: &Plan, i: usize, vnetd: &Path) -> Result<Child> {
         })
 }
 
-/// The last lines of a log, for error messages.
-fn log_tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-    if tail.is_empty() {
-        format!("{} is empty", path.display())
-    } else {
-        format!("last lines of {}:\n{tail}", path.display())
-    }
-}
+/// Lines of a daemon's log that error messages show.
+const LOG_TAIL_LINES: usize = 20;
 
 /// Fails if one of the vnetds has exited, with the end of its log.
 fn check_running(plan: &Plan, children: &mut [Child]) -> Result<()> {
     for (i, child) in children.iter_mut().enumerate() {
         if let Some(status) = child.try_wait().context("checking on vnetd")? {
-            bail!("vnetd of h{i} exited ({status}); {}", log_tail(&plan.log_path(i)));
+            bail!(
+                "vnetd of h{i} exited ({status}); {}",
+                sys::log_tail(&plan.log_path(i), LOG_TAIL_LINES)
+            );
         }
     }
     Ok(())
@@ -581,7 +575,7 @@ fn wait_for_control(plan: &Plan, children: &mut [Child]) -> Result<()> {
             "vnetd of h{i} did not open its control socket {} within {}s; {}",
             plan.control_path(i).display(),
             START_TIMEOUT.as_secs(),
-            log_tail(&plan.log_path(i))
+            sys::log_tail(&plan.log_path(i), LOG_TAIL_LINES)
         );
     }
     Ok(())
@@ -591,15 +585,13 @@ fn wait_for_control(plan: &Plan, children: &mut [Child]) -> Result<()> {
 /// frame (an ARP sent before the star is up would be lost and retried only after 1 s).
 fn wait_for_links(plan: &Plan, children: &mut [Child]) -> Result<()> {
     let down_links = |i: usize| -> Vec<String> {
-        let links = vnet_client::Client::unix(&plan.control_path(i))
-            .and_then(|mut c| c.request(vnet_control::proto::Request::LinkList));
+        let links = vnet_client::Client::unix(&plan.control_path(i)).and_then(|mut c| c.link_list());
         match links {
-            Ok(vnet_control::proto::Response::Links(l)) => l
+            Ok(l) => l
                 .into_iter()
-                .filter(|l| l.state != vnet_control::proto::LinkState::Up)
+                .filter(|l| !l.is_up())
                 .map(|l| format!("h{i}: {} ({})", l.spec.name, l.last_error.unwrap_or_default()))
                 .collect(),
-            Ok(r) => vec![format!("h{i}: unexpected answer {r:?}")],
             Err(e) => vec![format!("h{i}: {e}")],
         }
     };
@@ -646,7 +638,7 @@ fn configure_tap_vms(plan: &Plan, children: &mut [Child]) -> Result<()> {
             "vnetd of h{h} did not create the TAP eth0 of vm{j} in {} within {}s; {}",
             plan.vm_ns(j),
             START_TIMEOUT.as_secs(),
-            log_tail(&plan.log_path(h))
+            sys::log_tail(&plan.log_path(h), LOG_TAIL_LINES)
         );
     }
     for j in (0..plan.vms).filter(|&j| !plan.is_veth(j)) {

@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use vnet_control::proto::{Request, Response};
+use vnet_client::Client;
 use vnet_core::config::{IfaceKind, IfaceSpec, RuleEntry, Topology};
 use vnet_core::mac::MacAddr;
 
@@ -323,7 +323,7 @@ impl Migration {
         .fleet(None)?;
         let mut topologies = BTreeMap::new();
         for h in &fleet.hosts {
-            topologies.insert(h.machine.clone(), config_get(&fleet, &h.machine)?);
+            topologies.insert(h.machine.clone(), fleet.ask(&h.machine, Client::config_get)?);
         }
         let live = lang::decompile(&fleet.hosts, &topologies)
             .context("reading the daemons' configuration as a description")?;
@@ -390,7 +390,7 @@ impl Migration {
 
     fn run(&mut self, step: Step) -> Result<()> {
         match step {
-            Step::Nic => expect_done(&self.fleet, &self.to, Request::IfaceAdd(self.new_spec.clone())),
+            Step::Nic => self.fleet.ask(&self.to, |c| c.iface_add(self.new_spec.clone())),
             Step::Rules | Step::SourceRules => {
                 for (machine, _, after) in self.rule_changes(step) {
                     self.replace_rules(machine, after)?;
@@ -410,13 +410,7 @@ impl Migration {
                 v.device = self.new_spec.device().to_string();
                 crate::write_info(&info)
             }
-            Step::Delete => expect_done(
-                &self.fleet,
-                &self.from,
-                Request::IfaceDel {
-                    name: self.old_spec.name.clone(),
-                },
-            ),
+            Step::Delete => self.fleet.ask(&self.from, |c| c.iface_del(&self.old_spec.name)),
         }
     }
 
@@ -424,19 +418,15 @@ impl Migration {
     fn undo(&self, step: Step) -> Result<()> {
         match step {
             Step::Nic => {
-                let present = config_get(&self.fleet, &self.to)?
+                let present = self
+                    .fleet
+                    .ask(&self.to, Client::config_get)?
                     .ifaces
                     .iter()
                     .any(|i| i.name == self.new_spec.name);
                 let device = self.new_spec.device();
                 if present {
-                    expect_done(
-                        &self.fleet,
-                        &self.to,
-                        Request::IfaceDel {
-                            name: self.new_spec.name.clone(),
-                        },
-                    )
+                    self.fleet.ask(&self.to, |c| c.iface_del(&self.new_spec.name))
                 } else if sys::ip_in(&self.netns, &["link", "show", "dev", device]).is_ok() {
                     // A creation that failed half way can leave the (persistent) device.
                     sys::ip_in(&self.netns, &["link", "del", "dev", device]).map(drop)
@@ -483,15 +473,13 @@ impl Migration {
 
     /// Replaces `machine`'s rules, keeping everything else it runs.
     fn replace_rules(&self, machine: &str, rules: &[RuleEntry]) -> Result<()> {
-        let current = config_get(&self.fleet, machine)?;
-        expect_done(
-            &self.fleet,
-            machine,
-            Request::ConfigReplace(Topology {
+        let current = self.fleet.ask(machine, Client::config_get)?;
+        self.fleet.ask(machine, |c| {
+            c.config_replace(Topology {
                 rules: rules.to_vec(),
                 ..current
-            }),
-        )
+            })
+        })
     }
 
     /// Runs `ip -batch` in the VM's namespace.
@@ -504,22 +492,6 @@ impl Migration {
         let result = sys::ip_in(&self.netns, &["-batch", &path.to_string_lossy()]);
         let _ = fs::remove_file(&path);
         result.map(drop)
-    }
-}
-
-/// `ConfigGet` of one daemon.
-fn config_get(fleet: &Fleet, machine: &str) -> Result<Topology> {
-    match fleet.request(machine, Request::ConfigGet)? {
-        Response::Config(t) => Ok(t),
-        other => bail!("daemon of `{machine}` answered ConfigGet with {other:?}"),
-    }
-}
-
-/// Sends a request that must be answered `Done`.
-fn expect_done(fleet: &Fleet, machine: &str, request: Request) -> Result<()> {
-    match fleet.request(machine, request)? {
-        Response::Done => Ok(()),
-        other => bail!("daemon of `{machine}` answered {other:?}"),
     }
 }
 

@@ -38,6 +38,18 @@ fn command_line<S: AsRef<OsStr>>(prog: &str, args: &[S]) -> String {
     line
 }
 
+/// The last `lines` lines of a log, for error messages (a missing log reads as empty).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    if tail.is_empty() {
+        format!("{} is empty", path.display())
+    } else {
+        format!("last lines of {}:\n{tail}", path.display())
+    }
+}
+
 /// `ip args...`.
 pub fn ip<S: AsRef<OsStr>>(args: &[S]) -> Result<String> {
     run("ip", args)
@@ -199,6 +211,19 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_tail_shows_the_last_lines_or_says_the_log_is_empty() {
+        let path = std::env::temp_dir().join(format!("vnet-lab-log-tail-{}.log", std::process::id()));
+        std::fs::write(&path, "one\ntwo\nthree\n").unwrap();
+        let tail = log_tail(&path, 2);
+        let empty = log_tail(&path.with_extension("missing"), 2);
+        let all = log_tail(&path, 10);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(tail, format!("last lines of {}:\ntwo\nthree", path.display()));
+        assert!(all.ends_with(":\none\ntwo\nthree"), "{all}");
+        assert!(empty.ends_with(".missing is empty"), "{empty}");
+    }
 
     #[test]
     fn run_reports_command_and_stderr() {

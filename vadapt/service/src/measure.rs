@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use vadapt::status::MeasuredLink;
-use vnet_control::proto::{Request, Response};
 use vnet_lab::fleet::Fleet;
 
 /// Attempts per pair: a daemon refuses a probe that comes too soon after another.
@@ -33,13 +32,9 @@ pub fn host_graph(fleet: &Fleet, probe: Duration, stop: &AtomicBool) -> Result<V
             let to = SocketAddr::new(ip, b.port);
             let mut last = None;
             for _ in 0..ATTEMPTS {
-                let request = Request::Probe {
-                    to,
-                    max_bytes: Some(PROBE_BYTES),
-                    max_ms: Some(probe.as_millis() as u64),
-                };
-                match fleet.request(&a.machine, request) {
-                    Ok(Response::Probe(r)) => {
+                let max_ms = Some(probe.as_millis() as u64);
+                match fleet.ask(&a.machine, |c| c.probe(to, Some(PROBE_BYTES), max_ms)) {
+                    Ok(r) => {
                         graph.push(MeasuredLink {
                             from: a.machine.clone(),
                             to: b.machine.clone(),
@@ -49,7 +44,6 @@ pub fn host_graph(fleet: &Fleet, probe: Duration, stop: &AtomicBool) -> Result<V
                         last = None;
                         break;
                     }
-                    Ok(other) => last = Some(format!("unexpected answer {other:?}")),
                     Err(e) => last = Some(format!("{e:#}")),
                 }
                 std::thread::sleep(RETRY);

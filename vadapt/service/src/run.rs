@@ -22,7 +22,7 @@ use vadapt::model::{DemandSpec, HostSpec, Instance, LinkSpec, VmSpec};
 use vadapt::overlay;
 use vadapt::status::{DecisionRecord, MeasuredLink, Phase, PlanSummary, Status, Verdict};
 use vadapt::{anneal, Plan};
-use vnet_control::proto::{Request, Response};
+use vnet_client::Client;
 use vnet_core::mac::MacAddr;
 use vnet_lab::fleet::{Daemons, Fleet};
 use vttif::{Aggregator, Params, View};
@@ -328,14 +328,10 @@ impl Follower {
     fn poll(&mut self, fleet: &Fleet) -> View {
         let now = self.start.elapsed();
         for h in &fleet.hosts {
-            match fleet.request(&h.machine, Request::VttifMatrix) {
-                Ok(Response::VttifMatrix(snap)) => {
+            match fleet.ask(&h.machine, Client::vttif_matrix) {
+                Ok(snap) => {
                     self.agg.ingest(now, &h.machine, &snap);
                 }
-                Ok(other) => eprintln!(
-                    "vadapt: daemon of {} answered VttifMatrix with {other:?}",
-                    h.machine
-                ),
                 Err(e) => eprintln!("vadapt: {e:#}"),
             }
         }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use vnet_client::{Client, ClientError};
-use vnet_control::proto::{ControlError, LinkState, Request, Response};
+use vnet_control::proto::{ControlError, LinkState};
 use vnet_core::config::{LinkProto, LinkSpec, Topology};
 use vnet_core::handshake::NetworkKey;
 use vnet_core::rule::{DstMatch, MacMatch, Output, RuleSpec};
@@ -85,8 +85,8 @@ fn link(name: &str) -> LinkSpec {
 fn primitives_work_over_the_unix_socket_and_keep_state() {
     let d = start("unix");
     let mut c = Client::unix(&d.unix).unwrap();
-    assert_eq!(c.request(Request::LinkAdd(link("l1"))).unwrap(), Response::Done);
-    match c.request(Request::LinkAdd(link("l1"))) {
+    c.link_add(link("l1")).unwrap();
+    match c.link_add(link("l1")) {
         Err(ClientError::Refused(ControlError::Exists { .. })) => {}
         other => panic!("duplicate link accepted: {other:?}"),
     }
@@ -95,61 +95,38 @@ fn primitives_work_over_the_unix_socket_and_keep_state() {
         dst: DstMatch::None,
         out: vec![Output::Link("l1".into())],
     };
-    let id = match c.request(Request::RuleAdd(rule.clone())).unwrap() {
-        Response::RuleAdded(id) => id,
-        r => panic!("{r:?}"),
-    };
+    let id = c.rule_add(rule.clone()).unwrap();
     let bad = RuleSpec {
         out: vec![Output::Link("nowhere".into())],
         ..rule
     };
     assert!(matches!(
-        c.request(Request::RuleAdd(bad)),
+        c.rule_add(bad),
         Err(ClientError::Refused(ControlError::Invalid(_)))
     ));
     // A link in use by a rule cannot go.
     assert!(matches!(
-        c.request(Request::LinkDel { name: "l1".into() }),
+        c.link_del("l1"),
         Err(ClientError::Refused(ControlError::InUse { .. }))
     ));
-    match c.request(Request::LinkList).unwrap() {
-        Response::Links(l) => {
-            assert_eq!(l.len(), 1);
-            assert_eq!(l[0].state, LinkState::Waiting);
-        }
-        r => panic!("{r:?}"),
-    }
-    match c.request(Request::RuleList).unwrap() {
-        Response::Rules(r) => {
-            assert_eq!(r.len(), 1);
-            assert_eq!((r[0].id, r[0].priority), (id, -3));
-        }
-        r => panic!("{r:?}"),
-    }
-    assert_eq!(
-        c.request(Request::SetConfigTimeBound { ms: Some(940) }).unwrap(),
-        Response::Done
-    );
-    let topology = match c.request(Request::ConfigGet).unwrap() {
-        Response::Config(t) => t,
-        r => panic!("{r:?}"),
-    };
+    let l = c.link_list().unwrap();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].state, LinkState::Waiting);
+    let r = c.rule_list().unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].id, r[0].priority), (id, -3));
+    c.set_config_time_bound(Some(940)).unwrap();
+    let topology = c.config_get().unwrap();
     assert_eq!(topology.config_time_bound_ms, Some(940));
     // The state file holds exactly what config get shows.
     let state: Topology =
         serde_json::from_str(&std::fs::read_to_string(d._dir.0.join("state.json")).unwrap()).unwrap();
     assert_eq!(state, topology);
     // Replace with an empty topology in one step, then nothing is left.
-    assert_eq!(
-        c.request(Request::ConfigReplace(Topology::default())).unwrap(),
-        Response::Done
-    );
-    match c.request(Request::ConfigGet).unwrap() {
-        Response::Config(t) => assert_eq!(t, Topology::default()),
-        r => panic!("{r:?}"),
-    }
+    c.config_replace(Topology::default()).unwrap();
+    assert_eq!(c.config_get().unwrap(), Topology::default());
     assert!(matches!(
-        c.request(Request::RuleDel { id }),
+        c.rule_del(id),
         Err(ClientError::Refused(ControlError::NotFound { .. }))
     ));
 }
@@ -158,19 +135,16 @@ fn primitives_work_over_the_unix_socket_and_keep_state() {
 fn tcp_control_requires_the_token() {
     let d = start("tcp");
     let mut good = Client::tcp(d.tcp, TOKEN.to_string()).unwrap();
-    assert!(matches!(good.request(Request::Status).unwrap(), Response::Status(s) if s.node == "t0"));
+    assert_eq!(good.status().unwrap().node, "t0");
     let mut bad = Client::tcp(d.tcp, "not-the-token-at-all".to_string()).unwrap();
     assert!(matches!(
-        bad.request(Request::Status),
+        bad.status(),
         Err(ClientError::Refused(ControlError::Unauthorized))
     ));
     // An unauthorized request changes nothing.
     assert!(matches!(
-        bad.request(Request::LinkAdd(link("sneaky"))),
+        bad.link_add(link("sneaky")),
         Err(ClientError::Refused(ControlError::Unauthorized))
     ));
-    match good.request(Request::LinkList).unwrap() {
-        Response::Links(l) => assert!(l.is_empty()),
-        r => panic!("{r:?}"),
-    }
+    assert!(good.link_list().unwrap().is_empty());
 }

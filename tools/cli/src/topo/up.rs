@@ -22,7 +22,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use lang::ast::Control;
 use lang::{Host, Overlay};
-use vnet_control::proto::Request;
 use vnet_core::config::{DaemonConfig, Topology};
 
 use vnet_lab::fleet::{connect, Daemons};
@@ -133,9 +132,7 @@ fn local_vnetd(explicit: Option<&Path>) -> Result<PathBuf> {
 }
 
 fn running(h: &Host) -> bool {
-    connect(h)
-        .and_then(|mut c| Ok(c.request(Request::Status)?))
-        .is_ok()
+    connect(h).and_then(|mut c| Ok(c.status()?)).is_ok()
 }
 
 /// Starts `h`'s daemon.
