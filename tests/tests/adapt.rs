@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use vadapt::status::{Status, Verdict};
 use vadapt_service::status_file;
+use vnet_client::Client;
+use vnet_core::config::Topology;
 use vnet_e2e::{bin, root_or_skip, wait_for, wait_until, Lab, Proc};
 
 /// Lab options shared by the tests.
@@ -59,10 +61,10 @@ fn status(path: &Path) -> Option<Status> {
     status_file::read(path).ok()
 }
 
-/// Every daemon's configuration, as `vnet config get` prints it.
-fn configs(lab: &Lab) -> Vec<String> {
+/// Every daemon's configuration.
+fn configs(lab: &Lab) -> Vec<Topology> {
     (0..lab.info.hosts.len())
-        .map(|i| lab.ctl_ok(i, &["config", "get"]))
+        .map(|i| lab.ask(i, Client::config_get))
         .collect()
 }
 
@@ -166,8 +168,12 @@ fn dry_run_changes_nothing_and_a_failing_hook_leaves_the_vm_where_it_was() {
         d.actions
     );
     for (host, vm) in [(1, "vm0"), (2, "vm1")] {
-        let ifaces = lab.ctl_ok(host, &["iface", "list"]);
-        assert!(ifaces.contains(vm), "{vm} left h{host}: {ifaces}");
+        let ifaces: Vec<String> = lab
+            .ask(host, Client::iface_list)
+            .into_iter()
+            .map(|i| i.spec.name)
+            .collect();
+        assert!(ifaces.iter().any(|i| i == vm), "{vm} left h{host}: {ifaces:?}");
     }
     lab.wait_ping(0, 1, Duration::from_secs(5));
 }

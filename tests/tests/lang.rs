@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vnet_e2e::{root_or_skip, vnet, Lab};
+use vnet_e2e::{root_or_skip, vnet, Lab, PortsOf};
 
 /// A file in the lab's directory (removed with the lab).
 fn lab_file(lab: &Lab, name: &str, text: &str) -> PathBuf {
@@ -74,10 +74,13 @@ fn up_show_apply_route_diff() {
     );
     // The counters agree: the pings cross h1-h2, not the proxy.
     lab.wait_ping(0, 1, Duration::from_secs(10));
-    let (h12, proxy) = (lab.stats(1).link("h1-h2").tx_frames, link_rx_frames(&lab, 0));
+    let (h12, proxy) = (
+        lab.stats(1).link_counters("h1-h2").tx_frames,
+        link_rx_frames(&lab, 0),
+    );
     let (sent, received) = lab.ping(0, 1, 5, Duration::from_millis(50));
     assert_eq!((sent, received), (5, 5));
-    assert!(lab.stats(1).link("h1-h2").tx_frames >= h12 + 5);
+    assert!(lab.stats(1).link_counters("h1-h2").tx_frames >= h12 + 5);
     assert!(link_rx_frames(&lab, 0) < proxy + 5, "pings still cross the proxy");
 
     // Back to the star: only removals, and the proxy carries the pings again.

@@ -7,73 +7,43 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use vadapt_service::hook::{Hook, HookError, MigrationRequest};
-use vnet_e2e::{bin, root_or_skip, run, vnet, wait_for, Lab, Proc};
+use vnet_core::rule::{DstMatch, MacMatch, Output};
+use vnet_e2e::{bin, root_or_skip, run, vnet, wait_for, Lab, PortsOf, Proc};
+use vnet_lab::MigrationReport;
 
 /// The VM that moves (vm1, on h2 in every lab here) and its peer (vm0, on h1).
 const VM: usize = 1;
 const PEER: usize = 0;
 
-/// A VM as lab.json has it now (the harness's `LabInfo` is what `lab up` printed).
-#[derive(Debug, Deserialize)]
-struct VmNow {
-    name: String,
-    host: String,
-    device: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct LabNow {
-    vms: Vec<VmNow>,
-}
-
-/// Where lab.json says VM `j` is, and its NIC's device name.
+/// Where lab.json says VM `j` is now, and its NIC's device name (`lab.info` is what
+/// `lab up` printed).
 fn placement(lab: &Lab, j: usize) -> (String, String) {
-    let path = lab.info.dir.join("lab.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let now: LabNow = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let now = vnet_lab::info(lab.name()).unwrap_or_else(|e| panic!("{e:#}"));
     let v = &now.vms[j];
     assert_eq!(v.name, format!("vm{j}"));
     (v.host.clone(), v.device.clone())
 }
 
-/// What `vnet lab migrate --json` reports.
-#[derive(Debug, Deserialize)]
-struct Report {
-    from: String,
-    to: String,
-    device: String,
-    steps: Vec<StepTime>,
-    total_ms: f64,
-}
-
-#[derive(Debug, Deserialize)]
-struct StepTime {
-    step: String,
-    ms: f64,
-}
-
-impl Report {
-    fn summary(&self) -> String {
-        let steps: Vec<String> = self
-            .steps
-            .iter()
-            .map(|s| format!("{} {:.1}", s.step, s.ms))
-            .collect();
-        format!(
-            "{} -> {} ({}) in {:.1} ms [{} ms]",
-            self.from,
-            self.to,
-            self.device,
-            self.total_ms,
-            steps.join(", ")
-        )
-    }
+/// A migration report in one line.
+fn summary(r: &MigrationReport) -> String {
+    let steps: Vec<String> = r
+        .steps
+        .iter()
+        .map(|s| format!("{} {:.1}", s.step.name(), s.ms))
+        .collect();
+    format!(
+        "{} -> {} ({}) in {:.1} ms [{} ms]",
+        r.from,
+        r.to,
+        r.device,
+        r.total_ms,
+        steps.join(", ")
+    )
 }
 
 /// `vnet lab migrate --name LAB vmJ HOST --json`.
-fn migrate(lab: &Lab, j: usize, host: &str) -> Report {
+fn migrate(lab: &Lab, j: usize, host: &str) -> MigrationReport {
     let out = vnet(&[
         "lab",
         "migrate",
@@ -127,10 +97,11 @@ fn addresses(lab: &Lab, j: usize, dev: &str) -> Vec<String> {
 }
 
 /// The outputs of host `i`'s rule for frames to `mac` from anyone.
-fn route_to(lab: &Lab, i: usize, mac: &str) -> Vec<String> {
+fn route_to(lab: &Lab, i: usize, mac: &str) -> Vec<Output> {
+    let dst: DstMatch = mac.parse().unwrap_or_else(|e| panic!("{mac}: {e}"));
     lab.rules(i)
         .into_iter()
-        .find(|r| r.spec.src == "any" && r.spec.dst == mac)
+        .find(|r| r.spec.src == MacMatch::Any && r.spec.dst == dst)
         .map(|r| r.spec.out)
         .unwrap_or_default()
 }
@@ -142,7 +113,7 @@ fn has_iface(lab: &Lab, i: usize, name: &str) -> bool {
 
 /// Sum of the frames host `i` sent over link `link`.
 fn tx_frames(lab: &Lab, i: usize, link: &str) -> u64 {
-    lab.stats(i).link(link).tx_frames
+    lab.stats(i).link_counters(link).tx_frames
 }
 
 /// A verified 32 MiB TCP transfer from vm0 to vm1 runs through a migration of vm1 from
@@ -161,19 +132,19 @@ fn tcp_transfer_survives_a_migration() {
     let mac = lab.vm(VM).mac.clone();
 
     let started = Instant::now();
-    let before = lab.stats(0).link("h0-h2").tx_bytes;
+    let before = lab.stats(0).link_counters("h0-h2").tx_bytes;
     let report = std::thread::scope(|s| {
         let transfer = s.spawn(|| lab.transfer_file_verified(PEER, VM, 32));
         wait_for(
             Duration::from_secs(10),
             "8 MiB of the transfer to reach h2",
-            || lab.stats(0).link("h0-h2").tx_bytes > before + (8 << 20),
+            || lab.stats(0).link_counters("h0-h2").tx_bytes > before + (8 << 20),
         );
         let at = started.elapsed();
         let report = migrate(&lab, VM, "h3");
         eprintln!(
             "migration {} at {:.1} s into the transfer",
-            report.summary(),
+            summary(&report),
             at.as_secs_f64()
         );
         assert!(
@@ -195,7 +166,7 @@ fn tcp_transfer_survives_a_migration() {
     // h2 has nothing of vm1 left; the proxy sends it to h3.
     assert!(!has_iface(&lab, 2, "vm1"), "h2 still has vm1's interface");
     assert!(has_iface(&lab, 3, "vm1"), "h3 has no interface for vm1");
-    assert_eq!(route_to(&lab, 0, &mac), ["link:h0-h3"]);
+    assert_eq!(route_to(&lab, 0, &mac), [Output::Link("h0-h3".into())]);
     assert_eq!(devices(&lab, VM), ["lo".to_string(), report.device.clone()]);
     let to_h2 = tx_frames(&lab, 0, "h0-h2");
     let to_h3 = tx_frames(&lab, 0, "h0-h3");
@@ -294,7 +265,7 @@ fn black_hole_time_of_a_migration() {
         eprintln!(
             "migration {}: {} echoes lost ({black_hole} ms black hole at {INTERVAL_MS} ms intervals), \
              longest silence {:.1} ms, {} duplicates",
-            report.summary(),
+            summary(&report),
             missing.len(),
             gap.as_secs_f64() * 1e3,
             ping.dups

@@ -2,7 +2,8 @@
 //! need fragmenting to fit a datagram), TCP super-frames cut to fit, and a transfer whose
 //! bytes arrive intact.
 
-use vnet_e2e::{in_netns, root_or_skip, run, Lab};
+use vnet_core::config::LinkProto;
+use vnet_e2e::{in_netns, root_or_skip, run, Lab, PortsOf};
 
 /// Full-size frames cross the proxy over QUIC links: a ping whose frames are 1514 bytes
 /// (more than one QUIC datagram holds) comes back, and an iperf3 transfer runs.
@@ -14,7 +15,7 @@ fn quic_star_carries_full_size_frames() {
     let lab = Lab::up("e2equic", &["--hosts", "3", "--vms", "2", "--link", "quic"]);
     for l in lab.links(0) {
         assert!(
-            l.up() && l.spec.proto == "quic",
+            l.is_up() && l.spec.proto == LinkProto::Quic,
             "proxy link {} not up over QUIC",
             l.spec.name
         );
@@ -25,7 +26,7 @@ fn quic_star_carries_full_size_frames() {
         run(in_netns(&lab.vm(j).netns, "ip").args(["link", "set", "eth0", "mtu", "1500"]))
             .unwrap_or_else(|e| panic!("raising vm{j}'s MTU: {e}"));
     }
-    let before = lab.stats(0).link("h0-h2");
+    let before = lab.stats(0).link_counters("h0-h2");
     // 1472 bytes of ICMP payload make 1514-byte Ethernet frames; -M do forbids IP
     // fragmentation, so only vnet's own fragmentation can carry them.
     let out = run(in_netns(&lab.vm(0).netns, "ping").args([
@@ -43,7 +44,7 @@ fn quic_star_carries_full_size_frames() {
     ]))
     .unwrap_or_else(|e| panic!("full-size ping over QUIC failed: {e}"));
     assert!(out.contains("5 received"), "{out}");
-    let after = lab.stats(0).link("h0-h2");
+    let after = lab.stats(0).link_counters("h0-h2");
     assert!(
         after.tx_bytes - before.tx_bytes >= 5 * 1514,
         "the proxy did not forward the full-size frames: {before:?} -> {after:?}"

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use vnet_e2e::{root_or_skip, vnet, wait_for, Lab, Proc, IPERF_PORT};
+use vnet_e2e::{root_or_skip, vnet, wait_for, Lab, PortsOf, Proc, IPERF_PORT};
 
 /// `vnet lab reservations --json`, the parts the tests read.
 #[derive(Debug, Deserialize)]
@@ -75,7 +75,7 @@ struct Contention {
 /// do not back off) and, once it flows, a TCP transfer vm0 -> vm2 (link h1-h3): both
 /// cross the switch port toward h3, shaped at 100 Mbit/s.
 fn contend(lab: &Lab) -> Contention {
-    let into_h3 = |link: &str| lab.stats(3).link(link);
+    let into_h3 = |link: &str| lab.stats(3).link_counters(link);
     let bulk_args = ["-u", "-b", "40M", "-P", "4", "-l", "1300"];
     let mut bulk = lab.iperf_start_with(1, 2, 9, IPERF_PORT + 1, &bulk_args);
     let start = into_h3("h2-h3").rx_bytes;

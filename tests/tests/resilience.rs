@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use vnet_client::Client;
+use vnet_core::rule::{DstMatch, MacMatch, Output, RuleSpec};
 use vnet_e2e::{kill, root_or_skip, wait_for, Lab};
 
 /// How long connectivity may take to return after the proxy is back. The target is
@@ -94,24 +96,13 @@ fn host_restart_restores_its_configuration() {
     const SPARE: &str = "02:00:00:00:00:99";
     let mut lab = Lab::up("e2ehost", &["--hosts", "3", "--vms", "2"]);
     lab.wait_ping(0, 1, Duration::from_secs(5));
-    let id = lab.ctl_ok(
-        1,
-        &[
-            "rule",
-            "add",
-            "--src",
-            "any",
-            "--dst",
-            SPARE,
-            "--out",
-            "link:h0-h1",
-        ],
-    );
-    let id: u64 = id
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("rule add printed {id:?}: {e}"));
-    let config_before = lab.ctl_ok(1, &["config", "get", "--json"]);
+    let spare = RuleSpec {
+        src: MacMatch::Any,
+        dst: SPARE.parse::<DstMatch>().expect("a MAC"),
+        out: vec![Output::Link("h0-h1".into())],
+    };
+    let id = lab.ask(1, |c| c.rule_add(spare.clone()));
+    let config_before = lab.ask(1, Client::config_get);
     let proxy_sessions = lab.link(0, "h0-h1").sessions;
     let config_file = std::fs::read_to_string(&lab.host(1).config).expect("reading h1's config file");
     assert!(
@@ -130,10 +121,9 @@ fn host_restart_restores_its_configuration() {
 
     let rule = lab.rules(1).into_iter().find(|r| r.id == id);
     let rule = rule.unwrap_or_else(|| panic!("rule {id} is gone after the restart"));
-    assert_eq!((rule.spec.src.as_str(), rule.spec.dst.as_str()), ("any", SPARE));
-    assert_eq!(rule.spec.out, ["link:h0-h1"]);
+    assert_eq!(rule.spec, spare);
     assert_eq!(
-        lab.ctl_ok(1, &["config", "get", "--json"]),
+        lab.ask(1, Client::config_get),
         config_before,
         "h1's topology differs after the restart"
     );
@@ -168,7 +158,7 @@ fn a_silent_tcp_peer_is_declared_dead() {
     let down = wait_for(
         Duration::from_secs(10),
         "h1 to declare the frozen proxy's link down",
-        || !lab.link(1, "h0-h1").up(),
+        || !lab.link(1, "h0-h1").is_up(),
     );
     assert!(
         down >= Duration::from_secs(3),

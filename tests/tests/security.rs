@@ -7,6 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use vnet_client::Client;
+use vnet_control::proto::{LinkState, LinkStatus};
 use vnet_core::wire::Kind;
 use vnet_e2e::{kill, pid_alive, random_bytes, root_or_skip, wait_for, wire_header, Lab};
 
@@ -37,8 +39,8 @@ fn rogue_cannot_join(lab: &mut Lab, proto: &str, proxy_port: u16) {
     let proxy = format!("{}:{proxy_port}", lab.host(0).underlay);
     let before = lab.link(0, "h0-h1");
     assert_eq!(
-        (before.state.as_str(), before.peer_node.as_deref()),
-        ("Up", Some("h1"))
+        (before.state, before.peer_node.as_deref()),
+        (LinkState::Up, Some("h1"))
     );
     let proxy_auth_failed = lab.stats(0).drops("auth_failed");
 
@@ -47,23 +49,9 @@ fn rogue_cannot_join(lab: &mut Lab, proto: &str, proxy_port: u16) {
     let rogue = lab.spawn_rogue(&format!(
         "[[link]]\nname = \"h0-h1\"\nproto = \"{proto}\"\npeer = \"{proxy}\"\n"
     ));
-    let control = rogue.control.clone();
     let netns = lab.host(1).netns.clone();
-    let rogue_ctl = |args: &[&str]| -> String {
-        let mut all = vec!["-c", control.to_str().expect("utf-8 path")];
-        all.extend_from_slice(args);
-        vnet_e2e::vnet(&all).unwrap_or_else(|e| panic!("rogue: {e}"))
-    };
-    let rogue_link_up = || rogue_ctl(&["link", "list", "--json"]).contains("\"Up\"");
-    let rogue_auth_failed = || {
-        let stats: serde_json::Value =
-            serde_json::from_str(&rogue_ctl(&["stats", "--json"])).expect("rogue stats");
-        stats["drops"]
-            .as_array()
-            .and_then(|d| d.iter().find(|e| e[0] == "auth_failed"))
-            .and_then(|e| e[1].as_u64())
-            .unwrap_or(0)
-    };
+    let rogue_link_up = || rogue.ask(Client::link_list).iter().any(LinkStatus::is_up);
+    let rogue_auth_failed = || rogue.ask(Client::stats).drops("auth_failed");
 
     // It keeps dialing, and every attempt fails authentication: the proxy's Challenge
     // proves a key the rogue does not hold, so the rogue (the initiator) is the one that
@@ -97,8 +85,8 @@ fn rogue_cannot_join(lab: &mut Lab, proto: &str, proxy_port: u16) {
     // The real h1 kept its session throughout, and VMs still talk.
     let after = lab.link(0, "h0-h1");
     assert_eq!(
-        (after.state.as_str(), after.peer_node.as_deref()),
-        ("Up", Some("h1"))
+        (after.state, after.peer_node.as_deref()),
+        (LinkState::Up, Some("h1"))
     );
     assert_eq!(
         after.sessions, before.sessions,

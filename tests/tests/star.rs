@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use vnet_e2e::{root_or_skip, wait_for, Counters, Lab};
+use vnet_control::proto::PortCounters;
+use vnet_e2e::{root_or_skip, wait_for, Lab, PortsOf};
 
 /// Sum of the frames a daemon's links received (what it forwarded in the star).
 fn link_rx_frames(lab: &Lab, host: usize) -> u64 {
@@ -34,16 +35,16 @@ fn arp_ping_and_iperf_cross_the_proxy() {
     assert_eq!(lab.neighbour_mac(1, 0).as_deref(), Some(lab.vm(0).mac.as_str()));
     let after = lab.stats(0);
     for (link, dir) in [("h0-h1", "from"), ("h0-h2", "to")] {
-        let (b, a) = (before.link(link), after.link(link));
+        let (b, a) = (before.link_counters(link), after.link_counters(link));
         assert!(
             a.rx_frames >= b.rx_frames + 5 && a.tx_frames >= b.tx_frames + 5,
             "the proxy did not carry the pings {dir} {link}: {b:?} -> {a:?}"
         );
     }
 
-    let before = lab.stats(0).link("h0-h2");
+    let before = lab.stats(0).link_counters("h0-h2");
     let r = lab.iperf(0, 1, 3);
-    let after = lab.stats(0).link("h0-h2");
+    let after = lab.stats(0).link_counters("h0-h2");
     eprintln!(
         "star vm0 -> vm1 through the proxy: {:.0} Mbit/s ({} retransmits)",
         r.mbps(),
@@ -74,11 +75,11 @@ fn same_host_vms_stay_on_their_host() {
     // Warm-up: the ARP broadcast goes to the proxy too (it floods to every host).
     lab.wait_ping(0, 1, Duration::from_secs(5));
 
-    let uplink_before = lab.stats(1).link("h0-h1");
-    let vm1_before = lab.stats(1).iface("vm1");
+    let uplink_before = lab.stats(1).link_counters("h0-h1");
+    let vm1_before = lab.stats(1).iface_counters("vm1");
     let (sent, received) = lab.ping(0, 1, 20, Duration::from_millis(50));
-    let uplink_after = lab.stats(1).link("h0-h1");
-    let vm1_after = lab.stats(1).iface("vm1");
+    let uplink_after = lab.stats(1).link_counters("h0-h1");
+    let vm1_after = lab.stats(1).iface_counters("vm1");
 
     assert_eq!((sent, received), (20, 20), "ping vm0 -> vm1 on the same host");
     assert_eq!(
@@ -114,14 +115,14 @@ fn veth_vm_reaches_the_others() {
         ],
     );
     assert_eq!((lab.vm(2).nic.as_str(), lab.vm(2).host.as_str()), ("veth", "h1"));
-    let before = lab.stats(1).iface("vm2");
+    let before = lab.stats(1).iface_counters("vm2");
 
     for (from, to) in [(2, 1), (1, 2), (2, 0), (0, 2)] {
         let (sent, received) = lab.ping(from, to, 3, Duration::from_millis(100));
         assert_eq!((sent, received), (3, 3), "ping vm{from} -> vm{to}");
     }
     assert_eq!(lab.neighbour_mac(2, 1).as_deref(), Some(lab.vm(1).mac.as_str()));
-    let after = lab.stats(1).iface("vm2");
+    let after = lab.stats(1).iface_counters("vm2");
     // 4 pings of 3 each way, plus ARP.
     assert!(
         after.rx_frames >= before.rx_frames + 12 && after.tx_frames >= before.tx_frames + 12,
@@ -161,10 +162,10 @@ fn offloaded_veth_capture_carries_super_frames() {
     // vm0 (veth, offloads) on h1, vm1 (TAP) on h2.
     let lab = Lab::up("e2evethg", &["--hosts", "3", "--vms", "2", "--veth-vms", "0"]);
     assert_eq!(lab.vm(0).nic.as_str(), "veth");
-    let before = lab.stats(1).iface("vm0");
+    let before = lab.stats(1).iface_counters("vm0");
     lab.transfer_file_verified(0, 1, 16);
     lab.transfer_file_verified(1, 0, 16);
-    let after = lab.stats(1).iface("vm0");
+    let after = lab.stats(1).iface_counters("vm0");
     let (frames, bytes) = (
         after.rx_frames - before.rx_frames,
         after.rx_bytes - before.rx_bytes,
@@ -279,7 +280,7 @@ fn fast_path_link_takes_traffic_off_the_proxy() {
             "link:h1-h2",
         ],
     );
-    let fast = |lab: &Lab| lab.stats(1).link("h1-h2");
+    let fast = |lab: &Lab| lab.stats(1).link_counters("h1-h2");
     wait_for(
         Duration::from_secs(2),
         "the fast link to carry the transfer",
@@ -289,7 +290,7 @@ fn fast_path_link_takes_traffic_off_the_proxy() {
     let (proxy_before, fast_before) = (link_rx_frames(&lab, 0), fast(&lab));
     // The measurement window: counters over the next second while iperf3 runs.
     std::thread::sleep(Duration::from_secs(1));
-    let (proxy_after, fast_after): (u64, Counters) = (link_rx_frames(&lab, 0), fast(&lab));
+    let (proxy_after, fast_after): (u64, PortCounters) = (link_rx_frames(&lab, 0), fast(&lab));
     assert!(
         transfer.running(),
         "the transfer ended inside the window; the sample proves nothing"

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use vnet_e2e::{root_or_skip, wait_for, Lab};
+use vnet_e2e::{root_or_skip, wait_for, Lab, PortsOf};
 
 /// A lab over `proto` (sealed or not): full-size pings, then a file whose bytes arrive
 /// intact, with no frame failing authentication.
@@ -16,13 +16,13 @@ fn verified_transfer(name: &str, proto: &str, encrypt: bool) {
     }
     let lab = Lab::up(name, &args);
     for l in lab.links(0) {
-        assert!(l.up(), "proxy link {} is not up", l.spec.name);
+        assert!(l.is_up(), "proxy link {} is not up", l.spec.name);
     }
     let (sent, received) = lab.ping(0, 1, 3, Duration::from_millis(100));
     assert_eq!((sent, received), (3, 3), "ping vm0 -> vm1 over {proto} links");
-    let before = lab.stats(0).link("h0-h2");
+    let before = lab.stats(0).link_counters("h0-h2");
     lab.transfer_file_verified(0, 1, 16);
-    let after = lab.stats(0).link("h0-h2");
+    let after = lab.stats(0).link_counters("h0-h2");
     assert!(
         after.tx_bytes - before.tx_bytes >= 16 << 20,
         "the 16 MiB did not cross the proxy: {before:?} -> {after:?}"
@@ -147,7 +147,7 @@ fn encryption_mismatch_is_refused() {
             },
         );
         assert!(
-            !lab.link(1, name).up() && !lab.link(2, name).up(),
+            !lab.link(1, name).is_up() && !lab.link(2, name).is_up(),
             "{proto} link came up"
         );
     }

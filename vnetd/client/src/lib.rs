@@ -403,7 +403,7 @@ mod tests {
             ),
             "{e:?}"
         );
-        assert_eq!(e.to_string(), "unexpected answer from vnetd: Done to LinkList");
+        assert!(e.to_string().ends_with(": Done to LinkList"), "{e}");
         // A `Done` is all a deletion takes: anything else is refused too.
         let e = c.iface_del("vm0").unwrap_err();
         assert!(
