@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use vnet_core::config::valid_name;
 use vnet_core::mac::MacAddr;
+use vnet_core::rate::Rate;
 use vnet_core::rule::{DstMatch, MacMatch};
 
 use crate::ast::{
@@ -527,13 +528,12 @@ impl<'a> Parser<'a> {
                 "RESERVE" => {
                     self.value("RESERVE")?;
                     let (text, span) = self.value("a rate like 50mbit")?;
-                    let Some(rate) = crate::printer::parse_rate(&text) else {
-                        self.error(
-                            span,
-                            format!("`{text}` is not a rate"),
-                            Some("a rate like 50mbit"),
-                        );
-                        return Err(Failed);
+                    let rate = match text.parse::<Rate>() {
+                        Ok(rate) => rate,
+                        Err(e) => {
+                            self.error(span, e.to_string(), Some("a rate like 50mbit"));
+                            return Err(Failed);
+                        }
                     };
                     link.reserve.replace(rate).is_some()
                 }
