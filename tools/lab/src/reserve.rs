@@ -71,7 +71,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{check_lab_name, parse_rate, Plan, LINK_PORT};
+use crate::plan::{check_lab_name, parse_shaping_rate, LabPlan, LINK_PORT};
 use crate::sys;
 use vadapt::reserve::{
     validate, CpuReservation, LinkReservation, ReservationBackend, Reservations, ReserveError,
@@ -297,7 +297,7 @@ impl End {
     /// The underlay (source, destination) of a reserved link between this end's host and
     /// `peer`, in the direction this end carries.
     fn addresses(&self, peer: usize) -> (Ipv4Addr, Ipv4Addr) {
-        let (me, them) = (Plan::host_ip(self.host), Plan::host_ip(peer));
+        let (me, them) = (LabPlan::host_ip(self.host), LabPlan::host_ip(peer));
         match self.side {
             Side::Out => (me, them),
             Side::In => (them, me),
@@ -341,7 +341,7 @@ fn parse_classes(text: &str) -> Result<Option<HtbState>> {
             .position(|w| *w == "rate")
             .and_then(|i| rest.get(i + 1))
             .with_context(|| format!("no rate in `{line}`"))?;
-        let bps = parse_rate(rate)?;
+        let bps = parse_shaping_rate(rate)?.bits_per_sec();
         match minor {
             1 => {
                 has_root = true;
@@ -1199,7 +1199,7 @@ impl std::str::FromStr for LinkArg {
             r if r.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
                 bail!("`{s}`: give the rate a unit, e.g. {r}mbit (or 0 to release)")
             }
-            r => Some(parse_rate(r)? as f64 / 1e6),
+            r => Some(parse_shaping_rate(r)?.mbit_per_sec()),
         };
         Ok(LinkArg {
             from: from.to_string(),
