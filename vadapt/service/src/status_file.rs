@@ -33,7 +33,7 @@ pub fn read(path: &Path) -> Result<Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vadapt::status::{DecisionRecord, AdaptorPhase, PlanSummary, Verdict, KEPT_DECISIONS};
+    use vadapt::status::{AdaptorPhase, DecisionRecord, PlanSummary, Verdict, KEPT_DECISIONS};
 
     fn status() -> Status {
         Status {
