@@ -21,6 +21,6 @@ pub mod matrix;
 pub mod shape;
 
 pub use accumulator::{accumulator, Direction, Reader, Recorder, DEFAULT_CAPACITY};
-pub use aggregator::{Aggregator, Edge, MatrixEntry, ParamError, Params, AppTopology, View};
+pub use aggregator::{Aggregator, AppTopology, Edge, MatrixEntry, ParamError, Params, View};
 pub use matrix::{Counts, LocalMatrix, PairCounts, Snapshot};
 pub use shape::{classify, KnownShape, ShapeError};

@@ -201,12 +201,18 @@ mod tests {
         };
         let json = serde_json::to_string(&new).unwrap();
         assert_eq!(json, serde_json::to_string(&old).unwrap());
-        assert!(json.starts_with(r#"{"src":[2,0,0,0,0,1],"dst":[2,0,0,0,0,171],"#), "{json}");
+        assert!(
+            json.starts_with(r#"{"src":[2,0,0,0,0,1],"dst":[2,0,0,0,0,171],"#),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<PairCounts>(&json).unwrap(), new);
         let bytes = postcard::to_allocvec(&new).unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&old).unwrap());
         assert_eq!(postcard::from_bytes::<PairCounts>(&bytes).unwrap(), new);
         // A MAC's text form is not what a matrix carries.
-        assert!(serde_json::from_str::<PairCounts>(&json.replace("[2,0,0,0,0,1]", "\"02:00:00:00:00:01\"")).is_err());
+        assert!(
+            serde_json::from_str::<PairCounts>(&json.replace("[2,0,0,0,0,1]", "\"02:00:00:00:00:01\""))
+                .is_err()
+        );
     }
 }

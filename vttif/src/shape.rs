@@ -117,7 +117,11 @@ impl KnownShape {
     /// Node count.
     pub fn nodes(&self) -> usize {
         match self {
-            KnownShape::AllToAll(n) | KnownShape::Star(n) | KnownShape::Bus(n) | KnownShape::Ring(n) | KnownShape::Tree(n) => *n,
+            KnownShape::AllToAll(n)
+            | KnownShape::Star(n)
+            | KnownShape::Bus(n)
+            | KnownShape::Ring(n)
+            | KnownShape::Tree(n) => *n,
             KnownShape::Hypercube(d) => 1 << d,
             KnownShape::Mesh(d) | KnownShape::Torus(d) => d.iter().product(),
         }
@@ -160,7 +164,12 @@ impl KnownShape {
 
     /// Every known shape with `n` nodes, most specific name first.
     fn candidates(n: usize) -> Vec<KnownShape> {
-        let mut v = vec![KnownShape::AllToAll(n), KnownShape::Star(n), KnownShape::Bus(n), KnownShape::Ring(n)];
+        let mut v = vec![
+            KnownShape::AllToAll(n),
+            KnownShape::Star(n),
+            KnownShape::Bus(n),
+            KnownShape::Ring(n),
+        ];
         if n.is_power_of_two() && n >= 4 {
             v.push(KnownShape::Hypercube(n.trailing_zeros()));
         }
@@ -364,7 +373,10 @@ mod tests {
             KnownShape::parse("mesh:1x8", 8),
             Err(ShapeError::Size { .. })
         ));
-        assert!(matches!(KnownShape::parse("blob", 8), Err(ShapeError::Unknown(_))));
+        assert!(matches!(
+            KnownShape::parse("blob", 8),
+            Err(ShapeError::Unknown(_))
+        ));
     }
 
     #[test]
@@ -384,7 +396,10 @@ mod tests {
             assert_eq!(got.first().map(String::as_str), Some(first), "{shape}: {got:?}");
         }
         assert!(names(8, &KnownShape::Torus(vec![4, 2]).edges()).contains(&"torus 4x2".to_string()));
-        assert_eq!(names(9, &KnownShape::Torus(vec![3, 3]).edges()), vec!["torus 3x3"]);
+        assert_eq!(
+            names(9, &KnownShape::Torus(vec![3, 3]).edges()),
+            vec!["torus 3x3"]
+        );
         assert_eq!(
             names(4, &KnownShape::Ring(4).edges()),
             vec!["ring", "hypercube 2-D", "mesh 2x2", "torus 2x2"]

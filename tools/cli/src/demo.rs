@@ -32,7 +32,7 @@ use vnet_client::Client;
 use vnet_control::proto::{Request, Response};
 
 use crate::topo::draw::{render, Format};
-use vadapt::status::{DecisionRecord, AdaptorPhase, Status, Verdict};
+use vadapt::status::{AdaptorPhase, DecisionRecord, Status, Verdict};
 use vadapt_service::status_file;
 use vnet_lab::fleet::Daemons;
 use vnet_lab::lab_status_path;
@@ -760,7 +760,14 @@ mod tests {
     fn the_lab_is_valid_and_puts_vm0_and_vm1_on_slow_hosts() {
         let up = lab_args("dm0").unwrap();
         assert_eq!((up.hosts, up.vms, up.uplinks.len()), (HOSTS, VMS, HOSTS));
-        let rate = |h: usize| up.uplinks.iter().find(|u| u.host == h).unwrap().rate.bits_per_sec();
+        let rate = |h: usize| {
+            up.uplinks
+                .iter()
+                .find(|u| u.host == h)
+                .unwrap()
+                .rate
+                .bits_per_sec()
+        };
         // vm{j} lives on h{j+1}: vm0 and vm1 on slow hosts, vm2 and vm3 on fast ones.
         assert!(rate(0) == rate(1) && rate(1) == rate(2));
         assert!(rate(3) >= 10 * rate(1) && rate(4) >= 10 * rate(1));

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use vnet_client::Client;
 use vnet_control::proto::{Request, Response};
-use vttif::{Aggregator, Params, AppTopology, View};
+use vttif::{Aggregator, AppTopology, Params, View};
 
 use crate::control::Target;
 

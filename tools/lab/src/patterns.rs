@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use vttif::{Edge, KnownShape, AppTopology};
+use vttif::{AppTopology, Edge, KnownShape};
 
 /// How long a rank waits for its neighbours to come up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
-use crate::model::{DemandSpec, HostSpec, Instance, HostLinkSpec, PinSpec, VmSpec};
+use crate::model::{DemandSpec, HostLinkSpec, HostSpec, Instance, PinSpec, VmSpec};
 
 /// The application's communication topology (as the Patterns benchmark generates it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -114,9 +114,9 @@ fn unit_bits(unit: &str) -> Option<u128> {
 
 /// The value of a string of ASCII digits, `None` when it exceeds `u128`.
 fn digits_value(digits: &str) -> Option<u128> {
-    digits
-        .bytes()
-        .try_fold(0u128, |acc, d| acc.checked_mul(10)?.checked_add(u128::from(d - b'0')))
+    digits.bytes().try_fold(0u128, |acc, d| {
+        acc.checked_mul(10)?.checked_add(u128::from(d - b'0'))
+    })
 }
 
 impl FromStr for Rate {
@@ -218,14 +218,28 @@ mod tests {
         for bad in ["", " ", ".", "-1mbit", "1..2mbit", "1.2.3mbit", "+5mbit", "inf"] {
             assert!(matches!(bits(bad), Err(RateError::Number(_))), "{bad}");
         }
-        for bad in ["50mb", "50 furlongs", "1e3mbit", "50 mbit", "5kbits", "5b", "5xbit"] {
+        for bad in [
+            "50mb",
+            "50 furlongs",
+            "1e3mbit",
+            "50 mbit",
+            "5kbits",
+            "5b",
+            "5xbit",
+        ] {
             assert!(matches!(bits(bad), Err(RateError::Unit { .. })), "{bad}");
         }
-        assert!(matches!(bits("18446744073709551616"), Err(RateError::TooLarge(_))));
+        assert!(matches!(
+            bits("18446744073709551616"),
+            Err(RateError::TooLarge(_))
+        ));
         assert!(matches!(bits("99999999tibps"), Err(RateError::TooLarge(_))));
         let long = format!("1.{}mbit", "0".repeat(MAX_DECIMALS + 1));
         assert!(matches!(bits(&long), Err(RateError::Decimals(_))));
-        assert_eq!(bits(&format!("1.{}1mbit", "0".repeat(MAX_DECIMALS - 1))), Ok(1_000_000));
+        assert_eq!(
+            bits(&format!("1.{}1mbit", "0".repeat(MAX_DECIMALS - 1))),
+            Ok(1_000_000)
+        );
         let digits = "9".repeat(60);
         assert!(matches!(bits(&digits), Err(RateError::TooLarge(_))));
         assert_eq!(
