@@ -606,4 +606,24 @@ mod tests {
         let lines: Vec<(usize, usize)> = p.diagnostics.iter().map(|d| (d.line, d.column)).collect();
         assert_eq!(lines, vec![(2, 14), (5, 1), (5, 21)], "{:#?}", p.diagnostics);
     }
+
+    #[test]
+    fn link_rates_follow_the_rate_grammar() {
+        let link = |rate: &str| {
+            parse(&format!(
+                "BEGIN HOST a AT h1 5000 eth0 HOST b AT h2 5000 eth0 ADD LINK TCP h1 h1 h2 RESERVE {rate} END"
+            ))
+        };
+        let p = link("1.5gbit");
+        assert!(p.diagnostics.is_empty(), "{:?}", p.diagnostics);
+        let Item::Link(l) = &p.description.blocks[0].items[0].decl else {
+            panic!()
+        };
+        assert_eq!(l.reserve, Some(Rate::from_bits_per_sec(1_500_000_000)));
+        let p = link("50mb");
+        assert_eq!(p.diagnostics.len(), 1, "{:?}", p.diagnostics);
+        let d = &p.diagnostics[0];
+        assert!(d.message.contains("`mb` is not a unit"), "{}", d.message);
+        assert_eq!(d.expected.as_deref(), Some("a rate like 50mbit"));
+    }
 }
