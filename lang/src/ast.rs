@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use vnet_core::mac::MacAddr;
+use vnet_core::rate::Rate;
 use vnet_core::rule::{DstMatch, MacMatch};
 
 use crate::source::Span;
@@ -187,8 +188,8 @@ pub struct Link {
     /// Name of the key the link authenticates with (vnetd has one key per overlay, so
     /// compiling refuses it for now).
     pub key: Option<String>,
-    /// Bandwidth reservation in bits per second (no backend yet, so compiling refuses it).
-    pub reserve: Option<u64>,
+    /// Bandwidth reservation (no backend yet, so compiling refuses it).
+    pub reserve: Option<Rate>,
     /// Seal frames with per-session keys (TCP and UDP; QUIC always encrypts).
     pub encrypt: bool,
 }

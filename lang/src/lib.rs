@@ -21,7 +21,7 @@
 //!           | "FORWARD" "INTERFACE" machine source dest name ;
 //! source    = "ANY" [ mac ] | "NOT" mac | mac ;
 //! dest      = source | "NONE" ;
-//! rate      = number [ "kbit" | "mbit" | "gbit" | "bit" ] ;
+//! rate      = (see vnet_core::rate: 50mbit, 1.5gbit, 640kbit, 10mbps, 1200) ;
 //! ```
 //!
 //! Fig. 5 is a subset: its programs parse as written there. The extensions are the host

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use vnet_core::config::valid_name;
 use vnet_core::mac::MacAddr;
+use vnet_core::rate::Rate;
 use vnet_core::rule::{DstMatch, MacMatch};
 
 use crate::ast::{
@@ -527,13 +528,12 @@ impl<'a> Parser<'a> {
                 "RESERVE" => {
                     self.value("RESERVE")?;
                     let (text, span) = self.value("a rate like 50mbit")?;
-                    let Some(rate) = crate::printer::parse_rate(&text) else {
-                        self.error(
-                            span,
-                            format!("`{text}` is not a rate"),
-                            Some("a rate like 50mbit"),
-                        );
-                        return Err(Failed);
+                    let rate = match text.parse::<Rate>() {
+                        Ok(rate) => rate,
+                        Err(e) => {
+                            self.error(span, e.to_string(), Some("a rate like 50mbit"));
+                            return Err(Failed);
+                        }
                     };
                     link.reserve.replace(rate).is_some()
                 }
@@ -605,5 +605,25 @@ mod tests {
         let p = parse(src);
         let lines: Vec<(usize, usize)> = p.diagnostics.iter().map(|d| (d.line, d.column)).collect();
         assert_eq!(lines, vec![(2, 14), (5, 1), (5, 21)], "{:#?}", p.diagnostics);
+    }
+
+    #[test]
+    fn link_rates_follow_the_rate_grammar() {
+        let link = |rate: &str| {
+            parse(&format!(
+                "BEGIN HOST a AT h1 5000 eth0 HOST b AT h2 5000 eth0 ADD LINK TCP h1 h1 h2 RESERVE {rate} END"
+            ))
+        };
+        let p = link("1.5gbit");
+        assert!(p.diagnostics.is_empty(), "{:?}", p.diagnostics);
+        let Item::Link(l) = &p.description.blocks[0].items[0].decl else {
+            panic!()
+        };
+        assert_eq!(l.reserve, Some(Rate::from_bits_per_sec(1_500_000_000)));
+        let p = link("50mb");
+        assert_eq!(p.diagnostics.len(), 1, "{:?}", p.diagnostics);
+        let d = &p.diagnostics[0];
+        assert!(d.message.contains("`mb` is not a unit"), "{}", d.message);
+        assert_eq!(d.expected.as_deref(), Some("a rate like 50mbit"));
     }
 }

@@ -110,7 +110,7 @@ fn link(l: &Link) -> String {
         let _ = write!(s, " KEY {}", word(k));
     }
     if let Some(r) = l.reserve {
-        let _ = write!(s, " RESERVE {}", format_rate(r));
+        let _ = write!(s, " RESERVE {r}");
     }
     if l.encrypt {
         s.push_str(" ENCRYPT");
@@ -141,51 +141,5 @@ fn rule(r: &Rule) -> String {
     match &r.out {
         Target::Edge(peer) => format!("FORWARD EDGE {m} {sides} {m} {}", word(peer)),
         Target::Iface(i) => format!("FORWARD INTERFACE {m} {sides} {}", word(i)),
-    }
-}
-
-const RATE_UNITS: [(&str, u64); 4] = [
-    ("gbit", 1_000_000_000),
-    ("mbit", 1_000_000),
-    ("kbit", 1_000),
-    ("bit", 1),
-];
-
-/// Parses a rate in bits per second: `50mbit`, `1gbit`, `640kbit`, `1200` (case-insensitive).
-pub fn parse_rate(text: &str) -> Option<u64> {
-    let lower = text.to_ascii_lowercase();
-    let (digits, factor) = RATE_UNITS
-        .iter()
-        .find_map(|(unit, f)| lower.strip_suffix(unit).map(|d| (d, *f)))
-        .unwrap_or((&lower, 1));
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse::<u64>().ok()?.checked_mul(factor)
-}
-
-/// Writes a rate in the largest unit that divides it.
-pub fn format_rate(bits: u64) -> String {
-    let (unit, f) = RATE_UNITS
-        .iter()
-        .find(|(_, f)| bits != 0 && bits % f == 0)
-        .copied()
-        .unwrap_or(("bit", 1));
-    format!("{}{unit}", bits / f)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rates() {
-        assert_eq!(parse_rate("50MBit"), Some(50_000_000));
-        assert_eq!(parse_rate("1200"), Some(1200));
-        assert_eq!(parse_rate("mbit"), None);
-        assert_eq!(parse_rate("99999999999gbit"), None);
-        assert_eq!(format_rate(50_000_000), "50mbit");
-        assert_eq!(format_rate(0), "0bit");
-        assert_eq!(format_rate(1500), "1500bit");
     }
 }

@@ -8,17 +8,18 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use vttif::{accumulator, Direction, Mac, DEFAULT_CAPACITY};
+use vnet_core::mac::MacAddr;
+use vttif::{accumulator, Direction, DEFAULT_CAPACITY};
 
 const FRAMES: u64 = 50_000_000;
 
-fn mac(i: usize) -> Mac {
-    [2, 0, 0, 0, (i >> 8) as u8, i as u8]
+fn mac(i: usize) -> MacAddr {
+    MacAddr([2, 0, 0, 0, (i >> 8) as u8, i as u8])
 }
 
 fn main() {
     for pairs in [1usize, 8, 56, 700] {
-        let flows: Vec<(Mac, Mac)> = (0..pairs).map(|i| (mac(i % 64), mac(1000 + i))).collect();
+        let flows: Vec<(MacAddr, MacAddr)> = (0..pairs).map(|i| (mac(i % 64), mac(1000 + i))).collect();
         let (mut rec, reader) = accumulator(DEFAULT_CAPACITY);
         let stop = AtomicBool::new(false);
         let (ns, snapshots) = std::thread::scope(|s| {

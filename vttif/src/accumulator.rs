@@ -11,7 +11,9 @@
 use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
 
-use crate::matrix::{Counts, LocalMatrix, Mac, PairCounts};
+use vnet_core::mac::MacAddr;
+
+use crate::matrix::{Counts, LocalMatrix, PairCounts};
 
 /// Slots of a worker's table by default (768 pairs before overflow; 48 KiB).
 pub const DEFAULT_CAPACITY: usize = 1024;
@@ -77,13 +79,13 @@ pub fn accumulator(capacity: usize) -> (Recorder, Reader) {
     (recorder, Reader { table })
 }
 
-fn pack(mac: &Mac) -> u64 {
-    mac.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+fn pack(mac: &MacAddr) -> u64 {
+    mac.0.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
 }
 
-fn unpack(v: u64) -> Mac {
+fn unpack(v: u64) -> MacAddr {
     let b = v.to_be_bytes();
-    [b[2], b[3], b[4], b[5], b[6], b[7]]
+    MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
 /// Adds `n` to a counter this thread alone writes: a plain load and store.
@@ -95,7 +97,7 @@ fn bump(c: &AtomicU64, n: u64) {
 impl Recorder {
     /// Counts one frame of `bytes` bytes from `src` to `dst`.
     #[inline]
-    pub fn record(&mut self, src: &Mac, dst: &Mac, bytes: usize, dir: Direction) {
+    pub fn record(&mut self, src: &MacAddr, dst: &MacAddr, bytes: usize, dir: Direction) {
         let (s, d) = (pack(src) | USED, pack(dst));
         let hash = (s ^ d.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut i = (hash >> 40) as usize & self.mask;
@@ -178,8 +180,8 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    fn mac(i: u16) -> Mac {
-        [2, 0, 0, 0, (i >> 8) as u8, i as u8]
+    fn mac(i: u16) -> MacAddr {
+        MacAddr([2, 0, 0, 0, (i >> 8) as u8, i as u8])
     }
 
     #[test]
@@ -232,7 +234,7 @@ mod tests {
             frames in proptest::collection::vec((0u16..40, 0u16..40, 1usize..2000, any::<bool>()), 0..400)
         ) {
             let (mut w, r) = accumulator(64);
-            let mut want: BTreeMap<(Mac, Mac), (Counts, Counts)> = BTreeMap::new();
+            let mut want: BTreeMap<(MacAddr, MacAddr), (Counts, Counts)> = BTreeMap::new();
             for (s, d, n, sent) in &frames {
                 let dir = if *sent { Direction::Sent } else { Direction::Delivered };
                 w.record(&mac(*s), &mac(*d), *n, dir);
@@ -243,7 +245,7 @@ mod tests {
             }
             let m = r.read();
             let got: BTreeMap<_, _> = m.entries.iter().map(|e| ((e.src, e.dst), (e.sent, e.delivered))).collect();
-            let total = |m: &BTreeMap<(Mac, Mac), (Counts, Counts)>| m.values().map(|(a, b)| a.frames + b.frames).sum::<u64>();
+            let total = |m: &BTreeMap<(MacAddr, MacAddr), (Counts, Counts)>| m.values().map(|(a, b)| a.frames + b.frames).sum::<u64>();
             prop_assert_eq!(total(&got) + m.overflow.frames, frames.len() as u64);
             for (k, v) in &got {
                 prop_assert_eq!(want.get(k), Some(v));

@@ -24,8 +24,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use vnet_core::mac::MacAddr;
 
-use crate::matrix::{mac_string, Counts, LocalMatrix, Mac, PairCounts, Snapshot};
+use crate::matrix::{Counts, LocalMatrix, PairCounts, Snapshot};
 use crate::shape::classify;
 
 /// Flips of an edge's presence within the damping window that make it held. One flip is a
@@ -132,9 +133,11 @@ pub struct Edge {
     pub bytes_per_s: Option<f64>,
 }
 
-/// A topology: nodes, edges, and the names of the known shapes it is.
+/// The application's topology as inferred from its traffic: nodes, edges, and the names of
+/// the known shapes it is (not the daemons' interfaces, links and rules, which are
+/// `vnet_core::config::Topology`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Topology {
+pub struct AppTopology {
     /// Every node that has an edge, sorted.
     pub nodes: Vec<String>,
     /// Edges sorted by (a, b).
@@ -146,10 +149,10 @@ pub struct Topology {
     pub also: Vec<String>,
 }
 
-impl Topology {
+impl AppTopology {
     /// A topology from edges: orders each edge's ends and the edges, lists the nodes, and
     /// classifies the shape.
-    pub fn new(mut edges: Vec<Edge>) -> Topology {
+    pub fn new(mut edges: Vec<Edge>) -> AppTopology {
         for e in &mut edges {
             if e.b < e.a {
                 std::mem::swap(&mut e.a, &mut e.b);
@@ -169,7 +172,7 @@ impl Topology {
             .iter()
             .map(ToString::to_string)
             .collect();
-        Topology {
+        AppTopology {
             shape: shapes.first().cloned(),
             also: shapes,
             nodes,
@@ -178,8 +181,8 @@ impl Topology {
     }
 
     /// The same topology with every node renamed by `name` (MACs to VM names, say).
-    pub fn relabel(&self, name: impl Fn(&str) -> String) -> Topology {
-        Topology::new(
+    pub fn relabel(&self, name: impl Fn(&str) -> String) -> AppTopology {
+        AppTopology::new(
             self.edges
                 .iter()
                 .map(|e| Edge {
@@ -220,7 +223,7 @@ pub struct View {
     /// How much time the matrix averages over (the smoothing interval once running), ms.
     pub window_ms: u64,
     /// The application topology.
-    pub topology: Topology,
+    pub topology: AppTopology,
     /// The global matrix, heaviest first.
     pub matrix: Vec<MatrixEntry>,
     /// The topology differs from the previous view's.
@@ -237,7 +240,7 @@ pub struct View {
     pub last_change_ms: Option<u64>,
 }
 
-type Pair = (Mac, Mac);
+type Pair = (MacAddr, MacAddr);
 
 #[derive(Debug)]
 struct Source {
@@ -272,7 +275,7 @@ fn add(c: &mut Counts, d: Counts, sign: bool) {
 }
 
 fn unicast(p: &Pair) -> bool {
-    p.1[0] & 1 == 0 && p.0 != p.1
+    !p.1.is_multicast() && p.0 != p.1
 }
 
 fn undirected(p: &Pair) -> Pair {
@@ -407,8 +410,8 @@ impl Aggregator {
                 let ab = rates.get(&(a, b)).map_or(0.0, |r| r.0);
                 let ba = rates.get(&(b, a)).map_or(0.0, |r| r.0);
                 Edge {
-                    a: mac_string(&a),
-                    b: mac_string(&b),
+                    a: a.to_string(),
+                    b: b.to_string(),
                     normalized: norm(ab.max(ba)),
                     bytes_per_s: Some(ab + ba),
                 }
@@ -417,8 +420,8 @@ impl Aggregator {
         let mut matrix: Vec<MatrixEntry> = rates
             .iter()
             .map(|(p, (b, f))| MatrixEntry {
-                src: mac_string(&p.0),
-                dst: mac_string(&p.1),
+                src: p.0.to_string(),
+                dst: p.1.to_string(),
                 bytes_per_s: *b,
                 frames_per_s: *f,
                 normalized: norm(*b),
@@ -428,7 +431,7 @@ impl Aggregator {
         View {
             at_ms: now.as_millis() as u64,
             window_ms: span.as_millis() as u64,
-            topology: Topology::new(edges),
+            topology: AppTopology::new(edges),
             matrix,
             changed,
             settled,

@@ -10,8 +10,9 @@
 //!   since the previous one ([`LocalMatrix::since`]).
 //! - [`aggregator`]: the global matrix smoothed over the smoothing interval, normalized by its
 //!   largest entry and pruned below the detection threshold, with change detection, union
-//!   damping of oscillation and a settled flag ([`Aggregator`], [`View`]).
-//! - [`shape`]: the known application topologies, their edge sets, and the classifier that
+//!   damping of oscillation and a settled flag ([`Aggregator`], [`View`], the inferred
+//!   [`AppTopology`]).
+//! - [`shape`]: the known application topologies ([`KnownShape`]), their edge sets, and the classifier that
 //!   names a recovered topology ([`classify`]).
 
 pub mod accumulator;
@@ -20,6 +21,6 @@ pub mod matrix;
 pub mod shape;
 
 pub use accumulator::{accumulator, Direction, Reader, Recorder, DEFAULT_CAPACITY};
-pub use aggregator::{Aggregator, Edge, MatrixEntry, ParamError, Params, Topology, View};
-pub use matrix::{mac_string, Counts, LocalMatrix, Mac, PairCounts, Snapshot};
-pub use shape::{classify, Shape, ShapeError};
+pub use aggregator::{Aggregator, AppTopology, Edge, MatrixEntry, ParamError, Params, View};
+pub use matrix::{Counts, LocalMatrix, PairCounts, Snapshot};
+pub use shape::{classify, KnownShape, ShapeError};

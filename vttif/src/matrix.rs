@@ -2,16 +2,22 @@
 //! the update (the matrix since the previous report) an aggregator derives from two of them.
 
 use serde::{Deserialize, Serialize};
+use vnet_core::mac::MacAddr;
 
-/// An Ethernet address.
-pub type Mac = [u8; 6];
+/// A MAC as its six octets in every serde format (JSON `[2,0,0,0,0,1]`, postcard six
+/// bytes): the encoding of [`PairCounts`] predates [`MacAddr`], whose human-readable form is
+/// its text, and the control protocol and the tools' JSON keep it.
+mod mac_octets {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use vnet_core::mac::MacAddr;
 
-/// `02:00:00:00:00:01` form of a MAC.
-pub fn mac_string(m: &Mac) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
+    pub fn serialize<S: Serializer>(mac: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
+        mac.0.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MacAddr, D::Error> {
+        <[u8; 6]>::deserialize(d).map(MacAddr)
+    }
 }
 
 /// Bytes and frames.
@@ -46,9 +52,11 @@ impl Counts {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairCounts {
     /// Source MAC.
-    pub src: Mac,
+    #[serde(with = "mac_octets")]
+    pub src: MacAddr,
     /// Destination MAC.
-    pub dst: Mac,
+    #[serde(with = "mac_octets")]
+    pub dst: MacAddr,
     /// Frames that came from a local interface.
     pub sent: Counts,
     /// Frames that came from a link and went to a local interface.
@@ -135,8 +143,8 @@ mod tests {
 
     fn pc(s: u8, d: u8, sent: u64, delivered: u64) -> PairCounts {
         PairCounts {
-            src: [2, 0, 0, 0, 0, s],
-            dst: [2, 0, 0, 0, 0, d],
+            src: MacAddr([2, 0, 0, 0, 0, s]),
+            dst: MacAddr([2, 0, 0, 0, 0, d]),
             sent: Counts {
                 bytes: sent * 100,
                 frames: sent,
@@ -173,8 +181,38 @@ mod tests {
         assert_eq!(m(vec![pc(1, 2, 4, 0)]).since(&a), None, "counter went backwards");
     }
 
+    /// [`PairCounts`] as it was when its MACs were `[u8; 6]`.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct OctetPairCounts {
+        src: [u8; 6],
+        dst: [u8; 6],
+        sent: Counts,
+        delivered: Counts,
+    }
+
     #[test]
-    fn mac_prints_lowercase_colon_form() {
-        assert_eq!(mac_string(&[2, 0, 0, 0, 0, 0xab]), "02:00:00:00:00:ab");
+    fn pair_counts_keep_the_octet_encoding() {
+        let new = pc(1, 0xab, 3, 4);
+        let old = OctetPairCounts {
+            src: [2, 0, 0, 0, 0, 1],
+            dst: [2, 0, 0, 0, 0, 0xab],
+            sent: new.sent,
+            delivered: new.delivered,
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert_eq!(json, serde_json::to_string(&old).unwrap());
+        assert!(
+            json.starts_with(r#"{"src":[2,0,0,0,0,1],"dst":[2,0,0,0,0,171],"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<PairCounts>(&json).unwrap(), new);
+        let bytes = postcard::to_allocvec(&new).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&old).unwrap());
+        assert_eq!(postcard::from_bytes::<PairCounts>(&bytes).unwrap(), new);
+        // A MAC's text form is not what a matrix carries.
+        assert!(
+            serde_json::from_str::<PairCounts>(&json.replace("[2,0,0,0,0,1]", "\"02:00:00:00:00:01\""))
+                .is_err()
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! The known application topologies (thesis §9, Patterns): their edge sets, and the
 //! classifier that names a recovered topology when it is one of them.
 //!
-//! Nodes are `0..n`; an edge is an unordered pair `(a, b)` with `a < b`. A [`Shape`] with its
-//! size gives the edge set ([`Shape::edges`]); [`classify`] tries every known shape of the
+//! Nodes are `0..n`; an edge is an unordered pair `(a, b)` with `a < b`. A [`KnownShape`] with its
+//! size gives the edge set ([`KnownShape::edges`]); [`classify`] tries every known shape of the
 //! same node count and answers all that are isomorphic to the graph, most specific name
 //! first (several names can fit: a 4-ring is also a 2-D hypercube and a 2×2 mesh).
 
@@ -14,9 +14,10 @@ const MAX_CLASSIFY_NODES: usize = 128;
 /// Search steps the isomorphism test may take per candidate before giving up.
 const ISO_BUDGET: u64 = 200_000;
 
-/// A known topology.
+/// A known application topology with its size (not the host-graph shape of
+/// `lang::generate::Shape`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Shape {
+pub enum KnownShape {
     /// Every node with every other node.
     AllToAll(usize),
     /// One centre, every other node with it.
@@ -55,27 +56,27 @@ pub enum ShapeError {
     },
 }
 
-impl fmt::Display for Shape {
+impl fmt::Display for KnownShape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dims = |d: &[usize]| d.iter().map(ToString::to_string).collect::<Vec<_>>().join("x");
         match self {
-            Shape::AllToAll(_) => f.write_str("all-to-all"),
-            Shape::Star(_) => f.write_str("star"),
-            Shape::Bus(_) => f.write_str("bus"),
-            Shape::Ring(_) => f.write_str("ring"),
-            Shape::Hypercube(d) => write!(f, "hypercube {d}-D"),
-            Shape::Tree(_) => f.write_str("binary tree"),
-            Shape::Mesh(d) => write!(f, "mesh {}", dims(d)),
-            Shape::Torus(d) => write!(f, "torus {}", dims(d)),
+            KnownShape::AllToAll(_) => f.write_str("all-to-all"),
+            KnownShape::Star(_) => f.write_str("star"),
+            KnownShape::Bus(_) => f.write_str("bus"),
+            KnownShape::Ring(_) => f.write_str("ring"),
+            KnownShape::Hypercube(d) => write!(f, "hypercube {d}-D"),
+            KnownShape::Tree(_) => f.write_str("binary tree"),
+            KnownShape::Mesh(d) => write!(f, "mesh {}", dims(d)),
+            KnownShape::Torus(d) => write!(f, "torus {}", dims(d)),
         }
     }
 }
 
-impl Shape {
+impl KnownShape {
     /// Parses `bus|chain`, `ring`, `mesh:AxB...`, `torus:AxB...`, `hypercube`, `tree`,
     /// `all-to-all`, `star` for `n` nodes; mesh and torus extents must multiply to `n`
     /// (they are kept largest first), a hypercube needs a power of two.
-    pub fn parse(text: &str, n: usize) -> Result<Shape, ShapeError> {
+    pub fn parse(text: &str, n: usize) -> Result<KnownShape, ShapeError> {
         let size = |why: &str| ShapeError::Size {
             shape: text.to_string(),
             nodes: n,
@@ -100,15 +101,15 @@ impl Shape {
             Ok(d)
         };
         Ok(match name {
-            "all-to-all" | "alltoall" | "complete" => Shape::AllToAll(n),
-            "star" => Shape::Star(n),
-            "bus" | "chain" => Shape::Bus(n),
-            "ring" => Shape::Ring(n),
-            "tree" | "binary-tree" => Shape::Tree(n),
-            "hypercube" if n.is_power_of_two() => Shape::Hypercube(n.trailing_zeros()),
+            "all-to-all" | "alltoall" | "complete" => KnownShape::AllToAll(n),
+            "star" => KnownShape::Star(n),
+            "bus" | "chain" => KnownShape::Bus(n),
+            "ring" => KnownShape::Ring(n),
+            "tree" | "binary-tree" => KnownShape::Tree(n),
+            "hypercube" if n.is_power_of_two() => KnownShape::Hypercube(n.trailing_zeros()),
             "hypercube" => return Err(size("a hypercube has a power of two nodes")),
-            "mesh" => Shape::Mesh(dims()?),
-            "torus" => Shape::Torus(dims()?),
+            "mesh" => KnownShape::Mesh(dims()?),
+            "torus" => KnownShape::Torus(dims()?),
             _ => return Err(ShapeError::Unknown(text.to_string())),
         })
     }
@@ -116,9 +117,13 @@ impl Shape {
     /// Node count.
     pub fn nodes(&self) -> usize {
         match self {
-            Shape::AllToAll(n) | Shape::Star(n) | Shape::Bus(n) | Shape::Ring(n) | Shape::Tree(n) => *n,
-            Shape::Hypercube(d) => 1 << d,
-            Shape::Mesh(d) | Shape::Torus(d) => d.iter().product(),
+            KnownShape::AllToAll(n)
+            | KnownShape::Star(n)
+            | KnownShape::Bus(n)
+            | KnownShape::Ring(n)
+            | KnownShape::Tree(n) => *n,
+            KnownShape::Hypercube(d) => 1 << d,
+            KnownShape::Mesh(d) | KnownShape::Torus(d) => d.iter().product(),
         }
     }
 
@@ -132,14 +137,14 @@ impl Shape {
             }
         };
         match self {
-            Shape::AllToAll(_) => (0..n).for_each(|a| (a + 1..n).for_each(|b| add(a, b))),
-            Shape::Star(_) => (1..n).for_each(|b| add(0, b)),
-            Shape::Bus(_) => (1..n).for_each(|b| add(b - 1, b)),
-            Shape::Ring(_) => (0..n).for_each(|a| add(a, (a + 1) % n)),
-            Shape::Hypercube(d) => (0..n).for_each(|a| (0..*d).for_each(|i| add(a, a ^ (1 << i)))),
-            Shape::Tree(_) => (1..n).for_each(|b| add((b - 1) / 2, b)),
-            Shape::Mesh(dims) | Shape::Torus(dims) => {
-                let wrap = matches!(self, Shape::Torus(_));
+            KnownShape::AllToAll(_) => (0..n).for_each(|a| (a + 1..n).for_each(|b| add(a, b))),
+            KnownShape::Star(_) => (1..n).for_each(|b| add(0, b)),
+            KnownShape::Bus(_) => (1..n).for_each(|b| add(b - 1, b)),
+            KnownShape::Ring(_) => (0..n).for_each(|a| add(a, (a + 1) % n)),
+            KnownShape::Hypercube(d) => (0..n).for_each(|a| (0..*d).for_each(|i| add(a, a ^ (1 << i)))),
+            KnownShape::Tree(_) => (1..n).for_each(|b| add((b - 1) / 2, b)),
+            KnownShape::Mesh(dims) | KnownShape::Torus(dims) => {
+                let wrap = matches!(self, KnownShape::Torus(_));
                 for a in 0..n {
                     let mut stride = 1;
                     for &extent in dims.iter().rev() {
@@ -158,15 +163,20 @@ impl Shape {
     }
 
     /// Every known shape with `n` nodes, most specific name first.
-    fn candidates(n: usize) -> Vec<Shape> {
-        let mut v = vec![Shape::AllToAll(n), Shape::Star(n), Shape::Bus(n), Shape::Ring(n)];
+    fn candidates(n: usize) -> Vec<KnownShape> {
+        let mut v = vec![
+            KnownShape::AllToAll(n),
+            KnownShape::Star(n),
+            KnownShape::Bus(n),
+            KnownShape::Ring(n),
+        ];
         if n.is_power_of_two() && n >= 4 {
-            v.push(Shape::Hypercube(n.trailing_zeros()));
+            v.push(KnownShape::Hypercube(n.trailing_zeros()));
         }
-        v.push(Shape::Tree(n));
+        v.push(KnownShape::Tree(n));
         let grids = factorizations(n, n);
-        v.extend(grids.iter().cloned().map(Shape::Mesh));
-        v.extend(grids.into_iter().map(Shape::Torus));
+        v.extend(grids.iter().cloned().map(KnownShape::Mesh));
+        v.extend(grids.into_iter().map(KnownShape::Torus));
         v
     }
 }
@@ -310,12 +320,12 @@ fn isomorphic(p: &Graph, g: &Graph) -> Option<bool> {
 /// Names the topology of the graph on nodes `0..n` with these edges: every known shape it
 /// is isomorphic to, most specific first; empty when it is none of them (or is too large,
 /// or has isolated nodes).
-pub fn classify(n: usize, edges: &[(usize, usize)]) -> Vec<Shape> {
+pub fn classify(n: usize, edges: &[(usize, usize)]) -> Vec<KnownShape> {
     if !(2..=MAX_CLASSIFY_NODES).contains(&n) {
         return Vec::new();
     }
     let g = Graph::new(n, edges);
-    Shape::candidates(n)
+    KnownShape::candidates(n)
         .into_iter()
         .filter(|s| isomorphic(&Graph::new(n, &s.edges()), &g) == Some(true))
         .collect()
@@ -332,60 +342,66 @@ mod tests {
 
     #[test]
     fn edge_sets_of_known_shapes() {
-        assert_eq!(Shape::Ring(4).edges(), vec![(0, 1), (0, 3), (1, 2), (2, 3)]);
-        assert_eq!(Shape::Bus(3).edges(), vec![(0, 1), (1, 2)]);
-        assert_eq!(Shape::Tree(5).edges(), vec![(0, 1), (0, 2), (1, 3), (1, 4)]);
-        assert_eq!(Shape::Mesh(vec![2, 3]).edges().len(), 7);
-        assert_eq!(Shape::Torus(vec![3, 3]).edges().len(), 18);
+        assert_eq!(KnownShape::Ring(4).edges(), vec![(0, 1), (0, 3), (1, 2), (2, 3)]);
+        assert_eq!(KnownShape::Bus(3).edges(), vec![(0, 1), (1, 2)]);
+        assert_eq!(KnownShape::Tree(5).edges(), vec![(0, 1), (0, 2), (1, 3), (1, 4)]);
+        assert_eq!(KnownShape::Mesh(vec![2, 3]).edges().len(), 7);
+        assert_eq!(KnownShape::Torus(vec![3, 3]).edges().len(), 18);
         assert_eq!(
-            Shape::Torus(vec![2, 4]).edges().len(),
+            KnownShape::Torus(vec![2, 4]).edges().len(),
             12,
             "a wrap over 2 adds nothing"
         );
-        assert_eq!(Shape::Hypercube(3).edges().len(), 12);
-        assert_eq!(Shape::AllToAll(8).edges().len(), 28);
+        assert_eq!(KnownShape::Hypercube(3).edges().len(), 12);
+        assert_eq!(KnownShape::AllToAll(8).edges().len(), 28);
     }
 
     #[test]
     fn parses_shapes_and_refuses_bad_sizes() {
-        assert_eq!(Shape::parse("mesh:2x4", 8), Ok(Shape::Mesh(vec![4, 2])));
-        assert_eq!(Shape::parse("hypercube", 8), Ok(Shape::Hypercube(3)));
-        assert_eq!(Shape::parse("chain", 3), Ok(Shape::Bus(3)));
+        assert_eq!(KnownShape::parse("mesh:2x4", 8), Ok(KnownShape::Mesh(vec![4, 2])));
+        assert_eq!(KnownShape::parse("hypercube", 8), Ok(KnownShape::Hypercube(3)));
+        assert_eq!(KnownShape::parse("chain", 3), Ok(KnownShape::Bus(3)));
         assert!(matches!(
-            Shape::parse("mesh:3x3", 8),
+            KnownShape::parse("mesh:3x3", 8),
             Err(ShapeError::Size { .. })
         ));
         assert!(matches!(
-            Shape::parse("hypercube", 6),
+            KnownShape::parse("hypercube", 6),
             Err(ShapeError::Size { .. })
         ));
         assert!(matches!(
-            Shape::parse("mesh:1x8", 8),
+            KnownShape::parse("mesh:1x8", 8),
             Err(ShapeError::Size { .. })
         ));
-        assert!(matches!(Shape::parse("blob", 8), Err(ShapeError::Unknown(_))));
+        assert!(matches!(
+            KnownShape::parse("blob", 8),
+            Err(ShapeError::Unknown(_))
+        ));
     }
 
     #[test]
     fn classifies_eight_node_shapes_with_their_aliases() {
-        let cases: Vec<(Shape, &str)> = vec![
-            (Shape::AllToAll(8), "all-to-all"),
-            (Shape::Star(8), "star"),
-            (Shape::Bus(8), "bus"),
-            (Shape::Ring(8), "ring"),
-            (Shape::Hypercube(3), "hypercube 3-D"),
-            (Shape::Tree(8), "binary tree"),
-            (Shape::Mesh(vec![4, 2]), "mesh 4x2"),
-            (Shape::Torus(vec![4, 2]), "hypercube 3-D"),
+        let cases: Vec<(KnownShape, &str)> = vec![
+            (KnownShape::AllToAll(8), "all-to-all"),
+            (KnownShape::Star(8), "star"),
+            (KnownShape::Bus(8), "bus"),
+            (KnownShape::Ring(8), "ring"),
+            (KnownShape::Hypercube(3), "hypercube 3-D"),
+            (KnownShape::Tree(8), "binary tree"),
+            (KnownShape::Mesh(vec![4, 2]), "mesh 4x2"),
+            (KnownShape::Torus(vec![4, 2]), "hypercube 3-D"),
         ];
         for (shape, first) in cases {
             let got = names(8, &shape.edges());
             assert_eq!(got.first().map(String::as_str), Some(first), "{shape}: {got:?}");
         }
-        assert!(names(8, &Shape::Torus(vec![4, 2]).edges()).contains(&"torus 4x2".to_string()));
-        assert_eq!(names(9, &Shape::Torus(vec![3, 3]).edges()), vec!["torus 3x3"]);
+        assert!(names(8, &KnownShape::Torus(vec![4, 2]).edges()).contains(&"torus 4x2".to_string()));
         assert_eq!(
-            names(4, &Shape::Ring(4).edges()),
+            names(9, &KnownShape::Torus(vec![3, 3]).edges()),
+            vec!["torus 3x3"]
+        );
+        assert_eq!(
+            names(4, &KnownShape::Ring(4).edges()),
             vec!["ring", "hypercube 2-D", "mesh 2x2", "torus 2x2"]
         );
     }
@@ -406,8 +422,8 @@ mod tests {
             seed in proptest::collection::vec(any::<u32>(), 16),
         ) {
             let shape = [
-                Shape::Ring(12), Shape::Bus(10), Shape::Mesh(vec![4, 4]), Shape::Torus(vec![4, 3]),
-                Shape::Hypercube(4), Shape::Tree(15), Shape::Star(9),
+                KnownShape::Ring(12), KnownShape::Bus(10), KnownShape::Mesh(vec![4, 4]), KnownShape::Torus(vec![4, 3]),
+                KnownShape::Hypercube(4), KnownShape::Tree(15), KnownShape::Star(9),
             ][pick].clone();
             let n = shape.nodes();
             let mut perm: Vec<usize> = (0..n).collect();

@@ -31,7 +31,7 @@ use serde::Serialize;
 use vnet_client::Client;
 
 use crate::topo::draw::{render, Format};
-use vadapt::status::{DecisionRecord, Phase, Status, Verdict};
+use vadapt::status::{AdaptorPhase, DecisionRecord, Status, Verdict};
 use vadapt_service::status_file;
 use vnet_lab::fleet::Daemons;
 use vnet_lab::lab_status_path;
@@ -134,7 +134,7 @@ struct Report {
     /// VM → host after adapting.
     placement_after: BTreeMap<String, String>,
     /// The application topology VTTIF inferred (as the adaptor saw it last).
-    inferred_topology: Option<vttif::Topology>,
+    inferred_topology: Option<vttif::AppTopology>,
     /// The adaptor's decisions, oldest first, with what it did.
     decisions: Vec<DecisionRecord>,
     /// The adaptor's PID (stopped by now).
@@ -399,7 +399,7 @@ fn host_graph_text(st: &Status) -> String {
     s
 }
 
-fn topology_text(t: &vttif::Topology) -> String {
+fn topology_text(t: &vttif::AppTopology) -> String {
     let edges: Vec<String> = t.edges.iter().map(|e| format!("{}-{}", e.a, e.b)).collect();
     format!(
         "{} ({} VMs): {}",
@@ -417,7 +417,7 @@ fn wait_measured(p: &Progress, adaptor: &mut Adaptor) -> Result<Status> {
         p.check()?;
         adaptor.check_running()?;
         if let Some(st) = adaptor.status() {
-            if st.phase != Phase::Measuring && !st.host_graph.is_empty() {
+            if st.phase != AdaptorPhase::Measuring && !st.host_graph.is_empty() {
                 return Ok(st);
             }
         }
@@ -755,7 +755,14 @@ mod tests {
     fn the_lab_is_valid_and_puts_vm0_and_vm1_on_slow_hosts() {
         let up = lab_args("dm0").unwrap();
         assert_eq!((up.hosts, up.vms, up.uplinks.len()), (HOSTS, VMS, HOSTS));
-        let rate = |h: usize| up.uplinks.iter().find(|u| u.host == h).unwrap().bits_per_sec;
+        let rate = |h: usize| {
+            up.uplinks
+                .iter()
+                .find(|u| u.host == h)
+                .unwrap()
+                .rate
+                .bits_per_sec()
+        };
         // vm{j} lives on h{j+1}: vm0 and vm1 on slow hosts, vm2 and vm3 on fast ones.
         assert!(rate(0) == rate(1) && rate(1) == rate(2));
         assert!(rate(3) >= 10 * rate(1) && rate(4) >= 10 * rate(1));
@@ -804,7 +811,7 @@ mod tests {
             target: "lab dm0".into(),
             pid: 1,
             dry_run: false,
-            phase: Phase::Observing,
+            phase: AdaptorPhase::Observing,
             rounds: 0,
             updated_unix_ms: 0,
             host_graph: vec![],
@@ -828,7 +835,7 @@ mod tests {
         assert!(rows[1].contains("      -    19.0       -"), "{g}");
         assert!(rows[2].ends_with("18.5       -    19.2"), "{g}");
 
-        let ring = vttif::Topology::new(
+        let ring = vttif::AppTopology::new(
             [("vm0", "vm1"), ("vm1", "vm2"), ("vm2", "vm3"), ("vm0", "vm3")]
                 .iter()
                 .map(|(a, b)| vttif::Edge {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use vnet_client::{Client, ClientError};
-use vttif::{Aggregator, Params, Topology, View};
+use vttif::{Aggregator, AppTopology, Params, View};
 
 use crate::control::Target;
 
@@ -86,12 +86,14 @@ struct Output<'a> {
     view: &'a View,
 }
 
-struct Daemon {
+/// A daemon `vnet vttif` polls for its matrix: its control socket and a connection, made
+/// on first use and again after an error.
+struct PolledDaemon {
     socket: PathBuf,
     client: Option<Client>,
 }
 
-impl Daemon {
+impl PolledDaemon {
     /// Runs `primitive` on the daemon, connecting first if need be.
     fn ask<T>(&mut self, primitive: impl FnOnce(&mut Client) -> Result<T, ClientError>) -> Result<T> {
         if self.client.is_none() {
@@ -128,9 +130,9 @@ pub fn run(target: &Target, args: VttifArgs) -> Result<()> {
         None if args.daemon.is_empty() => (vec![target.socket.clone()], HashMap::new()),
         None => (args.daemon.clone(), HashMap::new()),
     };
-    let mut daemons: Vec<Daemon> = sockets
+    let mut daemons: Vec<PolledDaemon> = sockets
         .into_iter()
-        .map(|socket| Daemon { socket, client: None })
+        .map(|socket| PolledDaemon { socket, client: None })
         .collect();
     if args.enable || args.disable {
         for d in &mut daemons {
@@ -279,7 +281,7 @@ fn text(v: &View) -> String {
     s.trim_end().to_string()
 }
 
-fn dot(t: &Topology) -> String {
+fn dot(t: &AppTopology) -> String {
     let mut s = String::from("graph vttif {\n  node [shape=circle];\n");
     if let Some(shape) = &t.shape {
         let _ = writeln!(s, "  label=\"{shape}\";");
@@ -300,7 +302,7 @@ fn dot(t: &Topology) -> String {
     s + "}"
 }
 
-fn svg(t: &Topology) -> String {
+fn svg(t: &AppTopology) -> String {
     let (size, r) = (480.0, 180.0);
     let c = size / 2.0;
     let n = t.nodes.len().max(1) as f64;
@@ -344,8 +346,8 @@ mod tests {
     use super::*;
     use vttif::Edge;
 
-    fn ring3() -> Topology {
-        Topology::new(
+    fn ring3() -> AppTopology {
+        AppTopology::new(
             [("vm0", "vm1"), ("vm1", "vm2"), ("vm2", "vm0")]
                 .iter()
                 .map(|(a, b)| Edge {
@@ -373,7 +375,7 @@ mod tests {
     #[test]
     fn relabel_names_known_macs_only() {
         let mut v = View {
-            topology: Topology::new(vec![Edge {
+            topology: AppTopology::new(vec![Edge {
                 a: "02:00:00:00:00:01".into(),
                 b: "02:00:00:00:00:09".into(),
                 normalized: 1.0,

@@ -33,7 +33,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use migrate::{migrate, migrate_checked, MigrateArgs, MigrationReport, Step, StepReport};
-use plan::{check_lab_name, lab_of_netns, Plan, LAB_ROOT};
+use plan::{check_lab_name, lab_of_netns, LabPlan, LAB_ROOT};
 pub use plan::{lab_dir, Uplink, LINK_PORT};
 
 /// The status file of lab `name`'s adaptor (`vadapt run --lab NAME`).
@@ -277,7 +277,7 @@ pub fn run(cmd: LabCommand) -> Result<()> {
 
 /// Builds a lab and returns its description; on failure tears down whatever it built.
 pub fn up(opts: &UpArgs) -> Result<LabInfo> {
-    let plan = Plan::new(opts, Path::new(LAB_ROOT))?;
+    let plan = LabPlan::new(opts, Path::new(LAB_ROOT))?;
     let name = &plan.name;
     let leftovers = lab_namespaces(name)?;
     if plan.dir.exists() || !leftovers.is_empty() {
@@ -339,7 +339,7 @@ pub fn down(name: &str) -> Result<()> {
     down_lab(name).map(drop)
 }
 
-fn build(plan: &Plan, vnetd: &Path) -> Result<LabInfo> {
+fn build(plan: &LabPlan, vnetd: &Path) -> Result<LabInfo> {
     write_key(&plan.key_file())?;
     build_underlay(plan)?;
     build_vms(plan)?;
@@ -410,7 +410,7 @@ fn quiet_ipv6(ns: &str) -> Result<()> {
     .map(drop)
 }
 
-fn build_underlay(plan: &Plan) -> Result<()> {
+fn build_underlay(plan: &LabPlan) -> Result<()> {
     let sw = plan.sw_ns();
     sys::ip_in(&sw, &["link", "set", "lo", "up"])?;
     quiet_ipv6(&sw)?;
@@ -419,7 +419,7 @@ fn build_underlay(plan: &Plan) -> Result<()> {
     for i in 0..plan.hosts {
         let ns = plan.host_ns(i);
         let port = format!("p{i}");
-        let addr = format!("{}/16", Plan::host_ip(i));
+        let addr = format!("{}/16", LabPlan::host_ip(i));
         sys::ip(&["netns", "add", &ns])?;
         sys::ip_in(&ns, &["link", "set", "lo", "up"])?;
         quiet_ipv6(&ns)?;
@@ -438,7 +438,7 @@ fn build_underlay(plan: &Plan) -> Result<()> {
         sys::ip_in(&ns, &["link", "set", "ul0", "up"])?;
         if let Some(uplink) = plan.uplinks.get(&i) {
             for (where_, dev) in [(&ns, "ul0"), (&sw, port.as_str())] {
-                for args in reserve::shape_commands(dev, uplink.bits_per_sec) {
+                for args in reserve::shape_commands(dev, uplink.rate.bits_per_sec()) {
                     sys::tc_in(where_, &args)?;
                 }
             }
@@ -447,7 +447,7 @@ fn build_underlay(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn build_vms(plan: &Plan) -> Result<()> {
+fn build_vms(plan: &LabPlan) -> Result<()> {
     for j in 0..plan.vms {
         let ns = plan.vm_ns(j);
         sys::ip(&["netns", "add", &ns])?;
@@ -477,7 +477,7 @@ fn build_vms(plan: &Plan) -> Result<()> {
             }
             sys::ip_in(
                 &ns,
-                &["link", "set", "eth0", "address", &Plan::vm_mac(j).to_string()],
+                &["link", "set", "eth0", "address", &LabPlan::vm_mac(j).to_string()],
             )?;
             vm_address(plan, j)?;
         }
@@ -486,11 +486,11 @@ fn build_vms(plan: &Plan) -> Result<()> {
 }
 
 /// Gives VM j's eth0 its address and brings it up.
-fn vm_address(plan: &Plan, j: usize) -> Result<()> {
+fn vm_address(plan: &LabPlan, j: usize) -> Result<()> {
     let ns = plan.vm_ns(j);
     sys::ip_in(
         &ns,
-        &["addr", "add", &format!("{}/16", Plan::vm_ip(j)), "dev", "eth0"],
+        &["addr", "add", &format!("{}/16", LabPlan::vm_ip(j)), "dev", "eth0"],
     )?;
     sys::ip_in(&ns, &["link", "set", "eth0", "up"]).map(drop)
 }
@@ -513,7 +513,7 @@ fn find_vnetd(explicit: Option<&Path>) -> Result<PathBuf> {
     sys::sibling_binary("vnetd").context("no vnetd: point VNETD_BIN at one, or build it")
 }
 
-fn start_vnetd(plan: &Plan, i: usize, vnetd: &Path) -> Result<Child> {
+fn start_vnetd(plan: &LabPlan, i: usize, vnetd: &Path) -> Result<Child> {
     let log_path = plan.log_path(i);
     let log = fs::OpenOptions::new()
         .create(true)
@@ -544,7 +544,7 @@ fn start_vnetd(plan: &Plan, i: usize, vnetd: &Path) -> Result<Child> {
 const LOG_TAIL_LINES: usize = 20;
 
 /// Fails if one of the vnetds has exited, with the end of its log.
-fn check_running(plan: &Plan, children: &mut [Child]) -> Result<()> {
+fn check_running(plan: &LabPlan, children: &mut [Child]) -> Result<()> {
     for (i, child) in children.iter_mut().enumerate() {
         if let Some(status) = child.try_wait().context("checking on vnetd")? {
             bail!(
@@ -556,7 +556,7 @@ fn check_running(plan: &Plan, children: &mut [Child]) -> Result<()> {
     Ok(())
 }
 
-fn wait_for_control(plan: &Plan, children: &mut [Child]) -> Result<()> {
+fn wait_for_control(plan: &LabPlan, children: &mut [Child]) -> Result<()> {
     let mut pending: Vec<usize> = (0..plan.hosts).collect();
     let mut failure = None;
     sys::poll_until(START_TIMEOUT, POLL, || {
@@ -583,7 +583,7 @@ fn wait_for_control(plan: &Plan, children: &mut [Child]) -> Result<()> {
 
 /// Waits until every link of every daemon is up, so the lab forwards from the first
 /// frame (an ARP sent before the star is up would be lost and retried only after 1 s).
-fn wait_for_links(plan: &Plan, children: &mut [Child]) -> Result<()> {
+fn wait_for_links(plan: &LabPlan, children: &mut [Child]) -> Result<()> {
     let down_links = |i: usize| -> Vec<String> {
         let links = vnet_client::Client::unix(&plan.control_path(i)).and_then(|mut c| c.link_list());
         match links {
@@ -618,7 +618,7 @@ fn wait_for_links(plan: &Plan, children: &mut [Child]) -> Result<()> {
     Ok(())
 }
 
-fn configure_tap_vms(plan: &Plan, children: &mut [Child]) -> Result<()> {
+fn configure_tap_vms(plan: &LabPlan, children: &mut [Child]) -> Result<()> {
     let mut pending: Vec<usize> = (0..plan.vms).filter(|&j| !plan.is_veth(j)).collect();
     let mut failure = None;
     sys::poll_until(START_TIMEOUT, POLL, || {
@@ -910,7 +910,7 @@ mod tests {
             (LabLink::Udp, LabTopology::Full, true)
         );
         assert_eq!(a.uplinks.len(), 2);
-        assert_eq!(a.uplinks[1].bits_per_sec, 1_000_000_000);
+        assert_eq!(a.uplinks[1].rate.bits_per_sec(), 1_000_000_000);
         assert_eq!(a.veth_vms, [0, 2]);
 
         let cli = Cli::try_parse_from(["lab", "up", "--name", "t", "--hosts", "2", "--vms", "1"]).unwrap();
@@ -949,7 +949,7 @@ mod tests {
 
     #[test]
     fn summary_lists_hosts_and_vms() {
-        let plan = Plan::new(&UpArgs::new("t", 2, 2), Path::new("/run/vnet-lab")).unwrap();
+        let plan = LabPlan::new(&UpArgs::new("t", 2, 2), Path::new("/run/vnet-lab")).unwrap();
         let s = summary(&plan.info(&[10, 11]));
         assert!(s.contains("h0   198.18.0.1"), "{s}");
         assert!(s.contains("(proxy)"));

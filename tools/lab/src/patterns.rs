@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use vttif::{Edge, Shape, Topology};
+use vttif::{AppTopology, Edge, KnownShape};
 
 /// How long a rank waits for its neighbours to come up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -173,7 +173,7 @@ pub struct Report {
 }
 
 /// The plan every rank derives alike: names, addresses, and who talks to whom.
-struct Plan {
+struct RankPlan {
     names: Vec<String>,
     addrs: Vec<Ipv4Addr>,
     op: Op,
@@ -183,8 +183,8 @@ struct Plan {
     parent: Vec<Option<usize>>,
 }
 
-impl Plan {
-    fn new(args: &PatternsArgs) -> Result<Plan> {
+impl RankPlan {
+    fn new(args: &PatternsArgs) -> Result<RankPlan> {
         let (mut names, mut addrs) = match &args.lab {
             Some(lab) => {
                 let info = crate::info(lab)?;
@@ -216,7 +216,7 @@ impl Plan {
                 .collect();
             edges.sort_unstable();
         }
-        Ok(Plan {
+        Ok(RankPlan {
             names,
             addrs,
             op,
@@ -225,8 +225,8 @@ impl Plan {
         })
     }
 
-    fn topology(&self) -> Topology {
-        Topology::new(
+    fn topology(&self) -> AppTopology {
+        AppTopology::new(
             self.edges
                 .iter()
                 .map(|&(a, b)| Edge {
@@ -253,12 +253,12 @@ impl Plan {
 
 /// The shape and operation `--topology` and `--op` name for `n` ranks (`reduction` is a
 /// reduction up a tree).
-fn shape_and_op(topology: &str, op: Op, n: usize) -> Result<(Shape, Op)> {
+fn shape_and_op(topology: &str, op: Op, n: usize) -> Result<(KnownShape, Op)> {
     let (text, op) = match topology {
         "reduction" => ("tree", Op::Reduce),
         t => (t, op),
     };
-    Ok((Shape::parse(text, n)?, op))
+    Ok((KnownShape::parse(text, n)?, op))
 }
 
 /// Checks that `topology` (as `--topology` takes it) is a topology of `ranks` ranks,
@@ -292,7 +292,7 @@ fn spanning_tree(n: usize, edges: &[(usize, usize)]) -> Vec<Option<usize>> {
 
 /// Runs `vnet patterns`.
 pub fn run(args: PatternsArgs) -> Result<()> {
-    let plan = Plan::new(&args)?;
+    let plan = RankPlan::new(&args)?;
     if args.print_topology {
         println!("{}", serde_json::to_string_pretty(&plan.topology())?);
         return Ok(());
@@ -309,8 +309,8 @@ pub fn run(args: PatternsArgs) -> Result<()> {
 
 /// The pairs of VMs a run of `args` makes talk (VM names), as VTTIF would report them:
 /// what `--print-topology` prints.
-pub fn app_topology(args: &PatternsArgs) -> Result<Topology> {
-    Ok(Plan::new(args)?.topology())
+pub fn app_topology(args: &PatternsArgs) -> Result<AppTopology> {
+    Ok(RankPlan::new(args)?.topology())
 }
 
 /// Runs every rank in its lab VM (`args` must name a lab) and returns their reports, in
@@ -325,7 +325,7 @@ pub fn run_lab_until(args: &PatternsArgs, stop: &AtomicBool) -> Result<Vec<Repor
     if args.rank.is_some() {
         bail!("run_lab runs every rank: leave the rank unset");
     }
-    launch(args, &Plan::new(args)?, stop)
+    launch(args, &RankPlan::new(args)?, stop)
 }
 
 /// The throughput of a run: the mean of its ranks' iterations per second. (The ranks of a
@@ -341,7 +341,7 @@ pub fn throughput(reports: &[Report]) -> f64 {
 
 /// Starts every rank in its lab VM and returns their reports; kills them all when `stop`
 /// is set.
-fn launch(args: &PatternsArgs, plan: &Plan, stop: &AtomicBool) -> Result<Vec<Report>> {
+fn launch(args: &PatternsArgs, plan: &RankPlan, stop: &AtomicBool) -> Result<Vec<Report>> {
     let Some(lab) = &args.lab else {
         bail!("without --lab, start each rank yourself with --rank");
     };
@@ -456,7 +456,7 @@ impl Drop for Rank {
 }
 
 /// Connects rank `rank` to its neighbours: the higher rank of each pair dials.
-fn connect(plan: &Plan, rank: usize, port: u16) -> Result<Vec<(usize, TcpStream)>> {
+fn connect(plan: &RankPlan, rank: usize, port: u16) -> Result<Vec<(usize, TcpStream)>> {
     let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
         .with_context(|| format!("cannot listen on port {port}"))?;
     let neighbours = plan.neighbours(rank);
@@ -525,7 +525,7 @@ fn communicate(to: &[&TcpStream], from: &[&TcpStream], buf: &[u8]) -> bool {
     })
 }
 
-fn run_rank(args: &PatternsArgs, plan: &Plan, rank: usize) -> Result<Report> {
+fn run_rank(args: &PatternsArgs, plan: &RankPlan, rank: usize) -> Result<Report> {
     if rank >= plan.addrs.len() {
         bail!("rank {rank} of {} ranks", plan.addrs.len());
     }
@@ -598,14 +598,14 @@ mod tests {
         a: PatternsArgs,
     }
 
-    fn plan(args: &[&str]) -> Plan {
+    fn plan(args: &[&str]) -> RankPlan {
         let mut v = vec![
             "patterns",
             "--peers",
             "10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6",
         ];
         v.extend_from_slice(args);
-        Plan::new(&Cli::try_parse_from(v).unwrap().a).unwrap()
+        RankPlan::new(&Cli::try_parse_from(v).unwrap().a).unwrap()
     }
 
     #[test]
@@ -624,10 +624,10 @@ mod tests {
         assert!(r
             .edges
             .iter()
-            .all(|e| Shape::Mesh(vec![3, 2]).edges().contains(e)));
+            .all(|e| KnownShape::Mesh(vec![3, 2]).edges().contains(e)));
         let red = plan(&["--topology", "reduction"]);
         assert_eq!(red.op, Op::Reduce);
-        assert_eq!(red.edges, Shape::Tree(6).edges());
+        assert_eq!(red.edges, KnownShape::Tree(6).edges());
     }
 
     #[test]
@@ -695,7 +695,7 @@ mod tests {
         ])
         .unwrap()
         .a;
-        let err = Plan::new(&args).err().unwrap().to_string();
+        let err = RankPlan::new(&args).err().unwrap().to_string();
         assert!(err.contains("power of two"), "{err}");
     }
 }

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use vnet_core::config::{DaemonConfig, IfaceKind, IfaceSpec, LinkProto, LinkSpec, RuleEntry, Topology};
 use vnet_core::mac::MacAddr;
+use vnet_core::rate::Rate;
 use vnet_core::rule::{DstMatch, MacMatch, Output};
 
 use crate::{HostInfo, LabInfo, LabLink, LabTopology, UpArgs, VmInfo};
@@ -69,42 +70,19 @@ pub fn lab_of_netns(ns: &str) -> Option<&str> {
     ok.then_some(lab)
 }
 
-/// Parses a rate as tc writes it (`50mbit`, `1gbit`, `10mbps`, `800kibit`, a bare number
-/// of bits per second) into bits per second.
-pub fn parse_rate(text: &str) -> Result<u64> {
-    let t = text.trim().to_ascii_lowercase();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .with_context(|| format!("`{text}` is not a rate such as 50mbit"))?;
-    let (scale, bytes) = match unit.strip_suffix("bps") {
-        Some(prefix) => (prefix, true),
-        None => (unit.strip_suffix("bit").unwrap_or(unit), false),
-    };
-    let multiplier: f64 = match scale {
-        "" => 1.0,
-        "k" => 1e3,
-        "m" => 1e6,
-        "g" => 1e9,
-        "t" => 1e12,
-        "ki" => 1024.0,
-        "mi" => 1024.0 * 1024.0,
-        "gi" => 1024.0 * 1024.0 * 1024.0,
-        "ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => bail!("`{text}` is not a rate: use a unit such as bit, kbit, mbit, gbit, bps, mbps"),
-    };
-    // A bare number (or "bit") is bits per second, as in tc.
-    if !bytes && !unit.is_empty() && !unit.ends_with("bit") {
-        bail!("`{text}` is not a rate: use a unit such as bit, kbit, mbit, gbit, bps, mbps");
-    }
-    let bits = value * multiplier * if bytes { 8.0 } else { 1.0 };
-    if !(8.0..=1e13).contains(&bits) {
+/// Rates the lab shapes: one byte a second to 10 Tbit/s (the lab's bound, far above what
+/// its veths carry).
+const SHAPING_RATES: std::ops::RangeInclusive<u64> = 8..=10_000_000_000_000;
+
+/// Parses a rate the lab shapes at or reserves ([`vnet_core::rate`]'s grammar: `50mbit`,
+/// `1.5gbit`, `10mbps`, `800kibit`, a bare number of bits per second), checked against the
+/// lab's range.
+pub fn parse_shaping_rate(text: &str) -> Result<Rate> {
+    let rate: Rate = text.parse()?;
+    if !SHAPING_RATES.contains(&rate.bits_per_sec()) {
         bail!("rate `{text}` is out of range (8bit..10tbit)");
     }
-    Ok(bits as u64)
+    Ok(rate)
 }
 
 /// A shaped uplink: `--uplink hI=RATE`.
@@ -112,8 +90,8 @@ pub fn parse_rate(text: &str) -> Result<u64> {
 pub struct Uplink {
     /// Host number I.
     pub host: usize,
-    /// Rate in bits per second.
-    pub bits_per_sec: u64,
+    /// Its rate, both ways.
+    pub rate: Rate,
 }
 
 impl std::str::FromStr for Uplink {
@@ -129,14 +107,14 @@ impl std::str::FromStr for Uplink {
             .with_context(|| format!("`{host}` is not a host: write h0, h1, ..."))?;
         Ok(Uplink {
             host,
-            bits_per_sec: parse_rate(rate)?,
+            rate: parse_shaping_rate(rate)?,
         })
     }
 }
 
 /// Everything `up` will build, derived from the options and nothing else.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub struct LabPlan {
     /// Lab name.
     pub name: String,
     /// Number of hosts, proxy included.
@@ -174,9 +152,9 @@ fn vm_set(flag: &str, named: &[usize], vms: usize) -> Result<BTreeSet<usize>> {
     }
 }
 
-impl Plan {
+impl LabPlan {
     /// Validates the options and derives the plan, with the lab directory under `root`.
-    pub fn new(opts: &UpArgs, root: &Path) -> Result<Plan> {
+    pub fn new(opts: &UpArgs, root: &Path) -> Result<LabPlan> {
         check_lab_name(&opts.name)?;
         if !(2..=MAX_NODES).contains(&opts.hosts) {
             bail!("--hosts must be 2..={MAX_NODES}: h0 is the proxy and VMs live on h1 and up");
@@ -205,7 +183,7 @@ impl Plan {
                 bail!("--uplink names h{} twice", u.host);
             }
         }
-        Ok(Plan {
+        Ok(LabPlan {
             name: opts.name.clone(),
             hosts: opts.hosts,
             vms: opts.vms,
@@ -528,8 +506,8 @@ mod tests {
         UpArgs::new(name, hosts, vms)
     }
 
-    fn plan(a: &UpArgs) -> Plan {
-        Plan::new(a, Path::new("/tmp/labroot")).unwrap()
+    fn plan(a: &UpArgs) -> LabPlan {
+        LabPlan::new(a, Path::new("/tmp/labroot")).unwrap()
     }
 
     fn rules_text(c: &DaemonConfig) -> Vec<String> {
@@ -537,7 +515,7 @@ mod tests {
     }
 
     /// Parses the generated TOML back with vnetd's own parser (which validates it).
-    fn parse_back(p: &Plan, i: usize) -> DaemonConfig {
+    fn parse_back(p: &LabPlan, i: usize) -> DaemonConfig {
         let text = p.config_toml(i).unwrap();
         let parsed = DaemonConfig::from_toml(&text).unwrap_or_else(|e| panic!("h{i}: {e}\n{text}"));
         assert_eq!(parsed, p.config(i));
@@ -582,25 +560,25 @@ mod tests {
     #[test]
     fn validation() {
         let root = Path::new("/x");
-        assert!(Plan::new(&args("lt", 1, 1), root).is_err());
-        assert!(Plan::new(&args("lt", 2, 0), root).is_err());
-        assert!(Plan::new(&args("lt", 2, 255), root).is_err());
-        assert!(Plan::new(&args("lt", 255, 1), root).is_err());
-        assert!(Plan::new(&args("Lt", 2, 1), root).is_err());
+        assert!(LabPlan::new(&args("lt", 1, 1), root).is_err());
+        assert!(LabPlan::new(&args("lt", 2, 0), root).is_err());
+        assert!(LabPlan::new(&args("lt", 2, 255), root).is_err());
+        assert!(LabPlan::new(&args("lt", 255, 1), root).is_err());
+        assert!(LabPlan::new(&args("Lt", 2, 1), root).is_err());
         let mut a = args("lt", 3, 2);
         a.veth_vms = vec![2];
-        assert!(Plan::new(&a, root).is_err());
+        assert!(LabPlan::new(&a, root).is_err());
         a.veth_vms = vec![1, 1, 0];
-        assert_eq!(Plan::new(&a, root).unwrap().veth_vms.len(), 2);
+        assert_eq!(LabPlan::new(&a, root).unwrap().veth_vms.len(), 2);
         a.underlay_mtu = 500;
-        assert!(Plan::new(&a, root).is_err());
+        assert!(LabPlan::new(&a, root).is_err());
         a.underlay_mtu = 1280;
-        assert_eq!(Plan::new(&a, root).unwrap().config(1).link_mtu, 1280);
+        assert_eq!(LabPlan::new(&a, root).unwrap().config(1).link_mtu, 1280);
         a.underlay_mtu = 1500;
         a.no_offload_vms = vec![2];
-        assert!(Plan::new(&a, root).is_err());
+        assert!(LabPlan::new(&a, root).is_err());
         a.no_offload_vms = vec![1];
-        let p = Plan::new(&a, root).unwrap();
+        let p = LabPlan::new(&a, root).unwrap();
         assert!(p.offload(0) && !p.offload(1));
         assert!(
             !p.config(2).topology.ifaces[0].offload,
@@ -608,17 +586,17 @@ mod tests {
         );
         a.no_offload_vms.clear();
         a.no_offload = true;
-        let p = Plan::new(&a, root).unwrap();
+        let p = LabPlan::new(&a, root).unwrap();
         assert!(!p.offload(0) && !p.offload(1));
         a.no_offload = false;
         a.uplinks = vec!["h3=1mbit".parse().unwrap()];
-        assert!(Plan::new(&a, root).is_err());
+        assert!(LabPlan::new(&a, root).is_err());
         a.uplinks = vec!["h2=1mbit".parse().unwrap(), "h2=2mbit".parse().unwrap()];
-        assert!(Plan::new(&a, root).is_err());
+        assert!(LabPlan::new(&a, root).is_err());
         a.uplinks = vec!["h0=1mbit".parse().unwrap(), "h2=2mbit".parse().unwrap()];
-        let p = Plan::new(&a, root).unwrap();
+        let p = LabPlan::new(&a, root).unwrap();
         assert_eq!(p.dir, Path::new("/x/lt"));
-        assert_eq!(p.uplinks[&2].bits_per_sec, 2_000_000);
+        assert_eq!(p.uplinks[&2].rate.bits_per_sec(), 2_000_000);
     }
 
     #[test]
@@ -629,44 +607,50 @@ mod tests {
         assert_eq!(p.vms_on(0), Vec::<usize>::new());
         assert_eq!(p.vms_on(1), [0, 2, 4]);
         assert_eq!(p.vms_on(2), [1, 3]);
-        assert_eq!(Plan::vm_mac(0).to_string(), "02:00:00:00:00:01");
-        assert_eq!(Plan::vm_mac(15).to_string(), "02:00:00:00:00:10");
-        assert_eq!(Plan::vm_mac(253).to_string(), "02:00:00:00:00:fe");
-        assert_eq!(Plan::vm_ip(0), Ipv4Addr::new(198, 19, 0, 1));
-        assert_eq!(Plan::host_ip(2), Ipv4Addr::new(198, 18, 0, 3));
-        assert_eq!(Plan::host_listen(0).to_string(), "198.18.0.1:7400");
-        assert_eq!(Plan::link_name(3, 1), "h1-h3");
+        assert_eq!(LabPlan::vm_mac(0).to_string(), "02:00:00:00:00:01");
+        assert_eq!(LabPlan::vm_mac(15).to_string(), "02:00:00:00:00:10");
+        assert_eq!(LabPlan::vm_mac(253).to_string(), "02:00:00:00:00:fe");
+        assert_eq!(LabPlan::vm_ip(0), Ipv4Addr::new(198, 19, 0, 1));
+        assert_eq!(LabPlan::host_ip(2), Ipv4Addr::new(198, 18, 0, 3));
+        assert_eq!(LabPlan::host_listen(0).to_string(), "198.18.0.1:7400");
+        assert_eq!(LabPlan::link_name(3, 1), "h1-h3");
         assert_eq!(p.sw_ns(), "lt-sw");
         assert_eq!(p.all_ns().len(), 1 + 3 + 5);
     }
 
     #[test]
     fn rates() {
-        assert_eq!(parse_rate("50mbit").unwrap(), 50_000_000);
-        assert_eq!(parse_rate("1Gbit").unwrap(), 1_000_000_000);
-        assert_eq!(parse_rate("1.5gbit").unwrap(), 1_500_000_000);
-        assert_eq!(parse_rate("10mbps").unwrap(), 80_000_000);
-        assert_eq!(parse_rate("1kibit").unwrap(), 1024);
-        assert_eq!(parse_rate("64000").unwrap(), 64_000);
-        assert_eq!(parse_rate("800bit").unwrap(), 800);
+        let bits = |t: &str| parse_shaping_rate(t).map(Rate::bits_per_sec).ok();
+        assert_eq!(bits("50mbit"), Some(50_000_000));
+        assert_eq!(bits("1Gbit"), Some(1_000_000_000));
+        assert_eq!(bits("1.5gbit"), Some(1_500_000_000));
+        assert_eq!(bits("10mbps"), Some(80_000_000));
+        assert_eq!(bits("1kibit"), Some(1024));
+        assert_eq!(bits("64000"), Some(64_000));
+        assert_eq!(bits("800bit"), Some(800));
+        assert_eq!(bits("8bit"), Some(8));
+        assert_eq!(bits("10tbit"), Some(10_000_000_000_000));
         for bad in [
             "",
             "mbit",
             "50mb",
             "50 furlongs",
             "0bit",
+            "7bit",
             "-1mbit",
             "1e3mbit",
             "99tbit",
         ] {
-            assert!(parse_rate(bad).is_err(), "{bad}");
+            assert!(parse_shaping_rate(bad).is_err(), "{bad}");
         }
+        let e = parse_shaping_rate("0bit").unwrap_err().to_string();
+        assert_eq!(e, "rate `0bit` is out of range (8bit..10tbit)");
         let u: Uplink = "h1=50mbit".parse().unwrap();
         assert_eq!(
             u,
             Uplink {
                 host: 1,
-                bits_per_sec: 50_000_000
+                rate: Rate::from_bits_per_sec(50_000_000)
             }
         );
         // The HTB tree built from it: lab::reserve's tests.
@@ -715,14 +699,14 @@ mod tests {
 
         let h1 = parse_back(&p, 1);
         assert_eq!(h1.topology.links.len(), 1);
-        assert_eq!(h1.topology.links[0].peer, Some(Plan::host_listen(0)));
+        assert_eq!(h1.topology.links[0].peer, Some(LabPlan::host_listen(0)));
         let tap = &h1.topology.ifaces[0];
         assert_eq!(
             (tap.name.as_str(), tap.kind, tap.device()),
             ("vm0", IfaceKind::Tap, "eth0")
         );
         assert_eq!(tap.netns.as_deref(), Some("lt-vm0"));
-        assert_eq!(tap.mac, Some(Plan::vm_mac(0)));
+        assert_eq!(tap.mac, Some(LabPlan::vm_mac(0)));
         // No MTU: vnetd derives it from the underlay's (`config::default_tap_mtu`).
         assert_eq!(tap.mtu, None);
         assert_eq!(
@@ -780,8 +764,8 @@ mod tests {
         assert_eq!(
             links,
             [
-                ("h0-h2", Some(Plan::host_listen(0))),
-                ("h1-h2", Some(Plan::host_listen(1))),
+                ("h0-h2", Some(LabPlan::host_listen(0))),
+                ("h1-h2", Some(LabPlan::host_listen(1))),
                 ("h2-h3", None)
             ]
         );
@@ -803,7 +787,7 @@ mod tests {
         // Both ends of every link agree on its name and exactly one end dials.
         for a in 0..4 {
             for b in (a + 1)..4 {
-                let name = Plan::link_name(a, b);
+                let name = LabPlan::link_name(a, b);
                 let at_a = p
                     .config(a)
                     .topology
@@ -820,7 +804,7 @@ mod tests {
                     .unwrap();
                 assert_eq!(
                     (at_a.peer, at_b.peer),
-                    (None, Some(Plan::host_listen(a))),
+                    (None, Some(LabPlan::host_listen(a))),
                     "{name}"
                 );
             }

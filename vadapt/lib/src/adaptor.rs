@@ -184,7 +184,7 @@ pub fn significant_change(then: &Instance, now: &Instance, threshold: f64) -> bo
 mod tests {
     use super::*;
     use crate::anneal::{anneal, MoveBudget};
-    use crate::model::{DemandSpec, HostSpec, LinkSpec, VmSpec};
+    use crate::model::{DemandSpec, HostLinkSpec, HostSpec, VmSpec};
 
     /// A proxy p with thin links to every host, fast hosts a and b with a fat possible
     /// link between them, and two VMs talking, one on each fast host.
@@ -194,7 +194,7 @@ mod tests {
             compute: 2.0,
             size: 2.0,
         };
-        let link = |from: &str, to: &str, bw: f64| LinkSpec {
+        let link = |from: &str, to: &str, bw: f64| HostLinkSpec {
             from: from.into(),
             to: to.into(),
             bw,

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
-use crate::model::{DemandSpec, HostSpec, Instance, LinkSpec, PinSpec, VmSpec};
+use crate::model::{DemandSpec, HostLinkSpec, HostSpec, Instance, PinSpec, VmSpec};
 
 /// The application's communication topology (as the Patterns benchmark generates it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +178,7 @@ pub fn generate(config: &GenConfig, seed: u64) -> Instance {
         for to in 0..n {
             let ring = to == (from + 1) % n || from == (to + 1) % n;
             if from != to && (ring || rng.gen_bool(config.link_density.clamp(0.0, 1.0))) {
-                links.push(LinkSpec {
+                links.push(HostLinkSpec {
                     from: host_name(from),
                     to: host_name(to),
                     bw: log_uniform(&mut rng, config.link_bw),

@@ -27,7 +27,7 @@ pub struct Instance {
     pub hosts: Vec<HostSpec>,
     /// Possible directed overlay links with their measured capacity.
     #[serde(default)]
-    pub links: Vec<LinkSpec>,
+    pub links: Vec<HostLinkSpec>,
     /// The application's VMs and where they run now.
     pub vms: Vec<VmSpec>,
     /// Traffic between VM pairs, from VTTIF.
@@ -58,10 +58,11 @@ pub struct HostSpec {
     pub size: f64,
 }
 
-/// A possible directed overlay link.
+/// A possible directed overlay link in the host graph, with what it offers (not a daemon's
+/// link, `vnet_core::config::LinkSpec`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LinkSpec {
+pub struct HostLinkSpec {
     /// Source host.
     pub from: String,
     /// Destination host.

@@ -186,7 +186,7 @@ pub fn target(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{OverlayLink, PlanRoute, Reservations};
+    use crate::plan::{OverlayLink, PlanRoute, PlannedReservations};
     use lang::ast::{Host, Iface, IfaceKind};
     use lang::LinkProto;
 
@@ -271,7 +271,7 @@ mod tests {
                     to: b.to_string(),
                 })
                 .collect(),
-            reservations: Reservations::default(),
+            reservations: PlannedReservations::default(),
             migrations: vec![],
             objective: 0.0,
             migration_cost: 0.0,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ModelError;
 use crate::eval::{evaluate, Violation};
 use crate::model::{HostId, LinkId, Problem};
+use crate::reserve::CpuReservation;
 
 /// CPU reservation period given to every VM. 100 ms is coarse enough for a user-level
 /// periodic scheduler (VSched handles periods from milliseconds to days) and fine enough that
@@ -37,7 +38,7 @@ pub struct Plan {
     pub overlay_links: Vec<OverlayLink>,
     /// What to reserve so the plan's traffic and compute fit.
     #[serde(default)]
-    pub reservations: Reservations,
+    pub reservations: PlannedReservations,
     /// VMs that move away from their current host.
     #[serde(default)]
     pub migrations: Vec<Migration>,
@@ -75,35 +76,27 @@ pub struct OverlayLink {
     pub to: String,
 }
 
-/// Bandwidth and CPU reservations implied by a plan.
+/// Bandwidth and CPU reservations implied by a plan: what the adaptor asks a
+/// [`crate::reserve::ReservationBackend`] for (as a [`crate::reserve::Reservations`] set).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Reservations {
+pub struct PlannedReservations {
     /// Per overlay link: the sum of the demands routed over it.
-    pub links: Vec<LinkReservation>,
+    pub links: Vec<PlannedLinkReservation>,
     /// Per VM: a periodic real-time reservation (see [`cpu_reservation`]).
     pub cpu: Vec<CpuReservation>,
 }
 
-/// Bandwidth to reserve on one overlay link.
+/// Bandwidth the plan routes over one overlay link, to reserve there. Unlike a
+/// [`crate::reserve::LinkReservation`] (the guarantee a backend enforces), it counts the
+/// demands' frame bytes alone, without the underlay's overhead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LinkReservation {
+pub struct PlannedLinkReservation {
     /// Source host.
     pub from: String,
     /// Destination host.
     pub to: String,
     /// Mbit/s.
     pub bw: f64,
-}
-
-/// A VM's CPU reservation: `slice_ms` of every `period_ms`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CpuReservation {
-    /// The VM.
-    pub vm: String,
-    /// Period, ms.
-    pub period_ms: f64,
-    /// Slice, ms.
-    pub slice_ms: f64,
 }
 
 /// A VM move.
@@ -185,7 +178,7 @@ impl Solution {
             .iter()
             .map(|(&l, &bw)| {
                 let (from, to) = link_names(l);
-                LinkReservation { from, to, bw }
+                PlannedLinkReservation { from, to, bw }
             })
             .collect();
         let cpu = problem
@@ -213,7 +206,7 @@ impl Solution {
             placement,
             routes,
             overlay_links: overlay_links.into_iter().collect(),
-            reservations: Reservations { links, cpu },
+            reservations: PlannedReservations { links, cpu },
             migrations,
             objective: evaluation.objective,
             migration_cost: evaluation.migration_cost,

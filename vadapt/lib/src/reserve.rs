@@ -43,8 +43,9 @@
 //! ```
 //!
 //! Numbers are decimal (`60`, `12.5`). Exit status 0 means done; anything else (or no exit
-//! within the timeout, after which the script is killed) is a failure, reported with what
-//! the script printed. Releases run before reservations, so capacity freed by the new set
+//! within the timeout, after which the script and whatever it started are killed) is a
+//! failure, reported with the last lines the script printed (20 of each of stdout and
+//! stderr). Releases run before reservations, so capacity freed by the new set
 //! is free before it is asked for again. The script has no query verb: the backend
 //! remembers what the script accepted, and that is what `current` returns.
 
@@ -72,6 +73,28 @@ pub struct CpuReservation {
     pub period_ms: f64,
     /// Slice, ms (at most the period).
     pub slice_ms: f64,
+}
+
+impl LinkReservation {
+    /// `mbps` Mbit/s from host `from` to host `to`.
+    pub fn new(from: &str, to: &str, mbps: f64) -> LinkReservation {
+        LinkReservation {
+            from: from.to_string(),
+            to: to.to_string(),
+            mbps,
+        }
+    }
+}
+
+impl CpuReservation {
+    /// `slice_ms` of every `period_ms` for VM `vm`.
+    pub fn new(vm: &str, period_ms: f64, slice_ms: f64) -> CpuReservation {
+        CpuReservation {
+            vm: vm.to_string(),
+            period_ms,
+            slice_ms,
+        }
+    }
 }
 
 /// A set of reservations: what `apply` is given, and what `current` returns.
@@ -220,32 +243,20 @@ pub fn validate(
 mod tests {
     use super::*;
 
-    fn link(from: &str, to: &str, mbps: f64) -> LinkReservation {
-        LinkReservation {
-            from: from.into(),
-            to: to.into(),
-            mbps,
-        }
-    }
-
-    fn cpu(vm: &str, period_ms: f64, slice_ms: f64) -> CpuReservation {
-        CpuReservation {
-            vm: vm.into(),
-            period_ms,
-            slice_ms,
-        }
-    }
-
     #[test]
     fn reserve_validation_refuses_bad_sets() {
-        assert!(validate(&[link("h1", "h2", 10.0)], &[cpu("vm0", 100.0, 25.0)]).is_ok());
+        assert!(validate(
+            &[LinkReservation::new("h1", "h2", 10.0)],
+            &[CpuReservation::new("vm0", 100.0, 25.0)]
+        )
+        .is_ok());
         let bad_links = [
-            link("h1", "h1", 10.0),
-            link("", "h1", 10.0),
-            link("h1", "h2", 0.0),
-            link("h1", "h2", -5.0),
-            link("h1", "h2", f64::NAN),
-            link("h1", "h2", f64::INFINITY),
+            LinkReservation::new("h1", "h1", 10.0),
+            LinkReservation::new("", "h1", 10.0),
+            LinkReservation::new("h1", "h2", 0.0),
+            LinkReservation::new("h1", "h2", -5.0),
+            LinkReservation::new("h1", "h2", f64::NAN),
+            LinkReservation::new("h1", "h2", f64::INFINITY),
         ];
         for l in bad_links {
             assert!(
@@ -257,9 +268,9 @@ mod tests {
             );
         }
         for c in [
-            cpu("vm0", 100.0, 101.0),
-            cpu("vm0", 0.0, 0.0),
-            cpu("", 100.0, 1.0),
+            CpuReservation::new("vm0", 100.0, 101.0),
+            CpuReservation::new("vm0", 0.0, 0.0),
+            CpuReservation::new("", 100.0, 1.0),
         ] {
             assert!(
                 matches!(
@@ -269,11 +280,32 @@ mod tests {
                 "{c:?}"
             );
         }
-        let e = validate(&[link("h1", "h2", 1.0), link("h1", "h2", 2.0)], &[]).unwrap_err();
+        let e = validate(
+            &[
+                LinkReservation::new("h1", "h2", 1.0),
+                LinkReservation::new("h1", "h2", 2.0),
+            ],
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(e.to_string(), "link h1 -> h2 is reserved twice in one set");
         // The reverse direction is another reservation.
-        assert!(validate(&[link("h1", "h2", 1.0), link("h2", "h1", 2.0)], &[]).is_ok());
-        let e = validate(&[], &[cpu("vm1", 100.0, 1.0), cpu("vm1", 50.0, 1.0)]).unwrap_err();
+        assert!(validate(
+            &[
+                LinkReservation::new("h1", "h2", 1.0),
+                LinkReservation::new("h2", "h1", 2.0)
+            ],
+            &[]
+        )
+        .is_ok());
+        let e = validate(
+            &[],
+            &[
+                CpuReservation::new("vm1", 100.0, 1.0),
+                CpuReservation::new("vm1", 50.0, 1.0),
+            ],
+        )
+        .unwrap_err();
         assert!(matches!(e, ReserveError::Duplicate(_)), "{e}");
     }
 }

@@ -16,7 +16,7 @@ pub const KEPT_DECISIONS: usize = 50;
 /// What the adaptor is doing.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum Phase {
+pub enum AdaptorPhase {
     /// Probing the host graph.
     Measuring,
     /// Waiting for VTTIF to report a settled application topology.
@@ -37,7 +37,7 @@ pub struct Status {
     /// Decide and print only, never change anything.
     pub dry_run: bool,
     /// What it is doing now.
-    pub phase: Phase,
+    pub phase: AdaptorPhase,
     /// Rounds run so far (observations evaluated).
     pub rounds: u64,
     /// Wall clock of the last update, ms since the Unix epoch.
@@ -45,7 +45,7 @@ pub struct Status {
     /// The host graph the adaptor measured: `from -> to` with bandwidth and latency.
     pub host_graph: Vec<MeasuredLink>,
     /// The application topology VTTIF reported last (VM names).
-    pub topology: Option<vttif::Topology>,
+    pub topology: Option<vttif::AppTopology>,
     /// The configuration in force (the last applied plan), if any.
     pub current: Option<PlanSummary>,
     /// The last decisions, oldest first (at most [`KEPT_DECISIONS`]).

@@ -155,7 +155,7 @@ fn adapt(
     let mut adaptor = ChildGuard(cmd.spawn().context("starting vadapt run")?);
     let started = Instant::now();
     // The host graph is probed on an idle network.
-    while status_file::read(&status).map_or(true, |s| s.phase == vadapt::status::Phase::Measuring) {
+    while status_file::read(&status).map_or(true, |s| s.phase == vadapt::status::AdaptorPhase::Measuring) {
         if adaptor.0.try_wait()?.is_some() || started.elapsed() > ADAPT_TIMEOUT {
             bail!("the adaptor stopped or hung while measuring");
         }

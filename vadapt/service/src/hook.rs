@@ -5,28 +5,20 @@
 //! `VNET_FROM` and `VNET_TO` (and whatever [`Hook::env`] adds, e.g. `VNET_LAB`) in its
 //! environment. Exit status 0 means the VM now runs at TO and TO's vnetd serves its MAC;
 //! anything else, or running past the timeout, means it failed and the VM still runs at
-//! FROM. The runner starts the hook in a process group of its own, so on timeout it kills
-//! the hook and everything the hook started, and reaps it.
+//! FROM. The runner ([`crate::process`]) starts the hook in a process group of its own,
+//! so on timeout it kills the hook and everything the hook started, and reaps it.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 pub use vadapt::plan::MigrationRequest;
 
+pub use crate::process::TAIL_LINES;
+use crate::process::{self, Output, RunError};
+
 /// How long a hook may run unless [`Hook::timeout`] says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-/// How many of the last lines of each of the hook's stdout and stderr are kept.
-pub const TAIL_LINES: usize = 20;
-/// Longest line kept (longer ones are cut), so a hook printing binary junk stays readable.
-const MAX_LINE: usize = 500;
-/// How often the runner checks whether the hook has exited.
-const POLL: Duration = Duration::from_millis(5);
 /// How long the runner waits for the output pipes to close after the hook exited (a
 /// daemon the hook started may keep them open; its output is then cut short).
 const DRAIN: Duration = Duration::from_secs(1);
@@ -117,161 +109,54 @@ impl Hook {
 
     /// Runs the hook for `m` and waits for it, at most [`Hook::timeout`].
     pub fn run(&self, m: &MigrationRequest) -> Result<HookOutcome, HookError> {
-        let started = Instant::now();
-        let mut child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        command
             .args([&m.vm, &m.mac, &m.from, &m.to])
             .env("VNET_VM", &m.vm)
             .env("VNET_MAC", &m.mac)
             .env("VNET_FROM", &m.from)
             .env("VNET_TO", &m.to)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own group: on timeout the whole group goes, children of the hook included.
-            .process_group(0)
-            .spawn()
-            .map_err(|source| HookError::Spawn {
-                program: self.program.clone(),
-                source,
-            })?;
-        let stdout = Tail::collect(child.stdout.take());
-        let stderr = Tail::collect(child.stderr.take());
-        let status = self.wait(&mut child, started);
-        let (stdout, stderr) = (stdout.lines(), stderr.lines());
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let program = self.program.clone();
+        let finished = process::run(&mut command, self.timeout).map_err(|e| match e {
+            RunError::Spawn(source) => HookError::Spawn { program, source },
+            RunError::Wait(source) => HookError::Wait { program, source },
+        })?;
+        let Output { stdout, stderr } = finished.output(DRAIN);
         let output = || -> Vec<String> {
             let out = stdout.iter().map(|l| format!("stdout: {l}"));
             let err = stderr.iter().map(|l| format!("stderr: {l}"));
             let all: Vec<String> = out.chain(err).collect();
             all[all.len().saturating_sub(TAIL_LINES)..].to_vec()
         };
-        match status {
-            Ok(Some(s)) if s.success() => Ok(HookOutcome {
-                elapsed: started.elapsed(),
+        match finished.status {
+            Some(s) if s.success() => Ok(HookOutcome {
+                elapsed: finished.elapsed,
                 stdout: stdout.clone(),
                 stderr: stderr.clone(),
             }),
-            Ok(Some(s)) => Err(HookError::Failed {
+            Some(s) => Err(HookError::Failed {
                 program: self.program.clone(),
                 status: s.to_string(),
-                elapsed: started.elapsed(),
+                elapsed: finished.elapsed,
                 output: output(),
             }),
-            Ok(None) => Err(HookError::TimedOut {
+            None => Err(HookError::TimedOut {
                 program: self.program.clone(),
                 timeout: self.timeout,
                 output: output(),
             }),
-            Err(source) => Err(HookError::Wait {
-                program: self.program.clone(),
-                source,
-            }),
         }
-    }
-
-    /// Waits for the child until the deadline; `None` when it ran out (the child and its
-    /// process group are then killed and the child reaped).
-    fn wait(&self, child: &mut Child, started: Instant) -> std::io::Result<Option<ExitStatus>> {
-        let deadline = started + self.timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(Some(status));
-            }
-            if Instant::now() >= deadline {
-                kill_group(child.id());
-                // The leader itself, in case the group kill could not be sent.
-                let _ = child.kill();
-                child.wait()?;
-                return Ok(None);
-            }
-            thread::sleep(POLL);
-        }
-    }
-}
-
-/// SIGKILLs process group `pgid` (the hook and what it started) with kill(1): the only
-/// `unsafe` allowed is in vnetd's sys module, whose `kill` refuses groups.
-fn kill_group(pgid: u32) {
-    // A group id is the PID of the child we spawned: never 0 or 1, never ours.
-    if pgid > 1 && pgid != std::process::id() {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pgid}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// The last lines of a pipe, read by a thread of its own.
-struct Tail {
-    done: mpsc::Receiver<VecDeque<String>>,
-}
-
-impl Tail {
-    fn collect(pipe: Option<impl Read + Send + 'static>) -> Tail {
-        let (tx, rx) = mpsc::channel();
-        if let Some(pipe) = pipe {
-            thread::spawn(move || {
-                let mut lines = VecDeque::new();
-                for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
-                    let mut text = String::from_utf8_lossy(&line).into_owned();
-                    if text.len() > MAX_LINE {
-                        let cut = (0..=MAX_LINE)
-                            .rev()
-                            .find(|&i| text.is_char_boundary(i))
-                            .unwrap_or(0);
-                        text.truncate(cut);
-                        text.push_str(" [...]");
-                    }
-                    if lines.len() == TAIL_LINES {
-                        lines.pop_front();
-                    }
-                    lines.push_back(text);
-                }
-                let _ = tx.send(lines);
-            });
-        }
-        Tail { done: rx }
-    }
-
-    /// The lines, once the pipe has closed (or [`DRAIN`] has passed: then none).
-    fn lines(&self) -> Vec<String> {
-        self.done.recv_timeout(DRAIN).map(Vec::from).unwrap_or_default()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_dir::TempDir;
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
-
-    /// A temporary directory, removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(test: &str) -> TempDir {
-            let dir = std::env::temp_dir().join(format!("vnet-hook-{test}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-
-        /// An executable shell script in the directory.
-        fn script(&self, name: &str, body: &str) -> PathBuf {
-            let path = self.0.join(name);
-            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-            path
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use std::time::Instant;
 
     fn request() -> MigrationRequest {
         MigrationRequest {
@@ -284,7 +169,7 @@ mod tests {
 
     #[test]
     fn success_passes_arguments_and_environment() {
-        let dir = TempDir::new("ok");
+        let dir = TempDir::new("hook-ok");
         let hook = Hook {
             env: vec![("VNET_LAB".into(), "t".into())],
             ..Hook::new(dir.script(
@@ -306,7 +191,7 @@ mod tests {
 
     #[test]
     fn non_zero_exit_fails_with_the_output() {
-        let dir = TempDir::new("fail");
+        let dir = TempDir::new("hook-fail");
         let hook = Hook::new(dir.script(
             "hook",
             "i=0; while [ $i -lt 30 ]; do echo line$i; i=$((i+1)); done\necho 'cannot reach h3' >&2\nexit 3",
@@ -332,7 +217,7 @@ mod tests {
 
     #[test]
     fn timeout_kills_the_hook_and_its_children() {
-        let dir = TempDir::new("slow");
+        let dir = TempDir::new("hook-slow");
         let pid_file = dir.0.join("child.pid");
         let hook = Hook {
             timeout: Duration::from_millis(300),
@@ -404,7 +289,7 @@ mod tests {
     #[test]
     fn example_hooks_say_which_tool_is_missing() {
         // A PATH with bash (for the scripts' `#!/usr/bin/env bash`) and nothing else.
-        let dir = TempDir::new("nopath");
+        let dir = TempDir::new("hook-nopath");
         let bash = String::from_utf8(
             Command::new("sh")
                 .args(["-c", "command -v bash"])

@@ -48,9 +48,8 @@ pub fn apply(backend: &mut dyn ReservationBackend, plan: &Plan) -> Result<String
         .cpu
         .iter()
         .map(|r| CpuReservation {
-            vm: r.vm.clone(),
-            period_ms: r.period_ms,
             slice_ms: r.slice_ms.max(MIN_SLICE_MS),
+            ..r.clone()
         })
         .collect();
     let mut unshaped = Vec::new();

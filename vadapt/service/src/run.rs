@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use lang::Overlay;
 use vadapt::adaptor::{self, HostPair, Policy};
-use vadapt::model::{DemandSpec, HostSpec, Instance, LinkSpec, VmSpec};
+use vadapt::model::{DemandSpec, HostLinkSpec, HostSpec, Instance, VmSpec};
 use vadapt::overlay;
-use vadapt::status::{DecisionRecord, MeasuredLink, Phase, PlanSummary, Status, Verdict};
+use vadapt::status::{AdaptorPhase, DecisionRecord, MeasuredLink, PlanSummary, Status, Verdict};
 use vadapt::{anneal, Plan};
 use vnet_client::Client;
 use vnet_core::mac::MacAddr;
@@ -248,7 +248,7 @@ fn instance(args: &RunArgs, live: &Overlay, scene: &Scene, graph: &[MeasuredLink
             .collect(),
         links: graph
             .iter()
-            .map(|m| LinkSpec {
+            .map(|m| HostLinkSpec {
                 from: m.from.clone(),
                 to: m.to.clone(),
                 bw: m.mbps,
@@ -390,7 +390,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ),
         pid: std::process::id(),
         dry_run: args.dry_run,
-        phase: Phase::Measuring,
+        phase: AdaptorPhase::Measuring,
         rounds: 0,
         updated_unix_ms: vnet_lab::sys::unix_ms(),
         host_graph: vec![],
@@ -401,7 +401,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     vadapt_service::status_file::write(&status, &status_path)?;
     let result = adapt_loop(args, &scene, &mut status, &status_path, &log_path, &stop);
-    status.phase = Phase::Stopped;
+    status.phase = AdaptorPhase::Stopped;
     status.error = result.as_ref().err().map(|e| format!("{e:#}"));
     status.updated_unix_ms = vnet_lab::sys::unix_ms();
     vadapt_service::status_file::write(&status, &status_path)?;
@@ -434,7 +434,7 @@ fn adapt_loop(
     );
     status.host_graph = measure::host_graph(&scene.fleet, Duration::from_millis(args.probe_ms), stop)?;
     let mut measured_at = Instant::now();
-    status.phase = Phase::Observing;
+    status.phase = AdaptorPhase::Observing;
     vadapt_service::status_file::write(status, status_path)?;
     let mut follower = Follower::new(args)?;
     let mut decided_on: Option<Instance> = None;
@@ -460,12 +460,12 @@ fn adapt_loop(
             && measured_at.elapsed() >= Duration::from_secs(args.remeasure_s)
             && view.quiet
         {
-            status.phase = Phase::Measuring;
+            status.phase = AdaptorPhase::Measuring;
             vadapt_service::status_file::write(status, status_path)?;
             status.host_graph =
                 measure::host_graph(&scene.fleet, Duration::from_millis(args.probe_ms), stop)?;
             measured_at = Instant::now();
-            status.phase = Phase::Observing;
+            status.phase = AdaptorPhase::Observing;
         }
         let too_soon = decided_at.is_some_and(|t| t.elapsed() < min_interval);
         if too_soon || !view.settled || view.quiet || view.topology.edges.is_empty() {
@@ -484,7 +484,7 @@ fn adapt_loop(
                 continue;
             }
         };
-        status.phase = Phase::Adapting;
+        status.phase = AdaptorPhase::Adapting;
         vadapt_service::status_file::write(status, status_path)?;
         let instance_path = status_path.with_file_name("instance.json");
         std::fs::write(&instance_path, serde_json::to_vec_pretty(&now)?)
@@ -538,7 +538,7 @@ fn adapt_loop(
         let live = scene.fleet.live()?;
         decided_on = Some(instance(args, &live, scene, &status.host_graph, &view));
         decided_at = Some(Instant::now());
-        status.phase = Phase::Observing;
+        status.phase = AdaptorPhase::Observing;
         status.updated_unix_ms = vnet_lab::sys::unix_ms();
         vadapt_service::status_file::write(status, status_path)?;
         if args.once {

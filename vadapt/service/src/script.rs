@@ -2,19 +2,21 @@
 //! site's own scheduler) plugged in as an executable. The protocol is in
 //! `vadapt::reserve`'s module docs.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use vadapt::reserve::{
     validate, CpuReservation, LinkReservation, ReservationBackend, Reservations, ReserveError,
 };
-use vnet_lab::sys::poll_until;
+
+use crate::process::{self, Output};
 
 /// How long [`ScriptBackend`] waits for one call of the script by default.
 pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a failed call's output may take to arrive after the script exited (a process
+/// the script started may keep its pipes open).
+const DRAIN: Duration = Duration::from_millis(200);
 
 /// An external reservation system called as an executable (protocol in the module docs).
 #[derive(Debug)]
@@ -113,8 +115,9 @@ impl ReservationBackend for ScriptBackend {
     }
 }
 
-/// Runs `program args...`, capturing its output; fails unless it exits 0 within `timeout`
-/// (when it is killed).
+/// Runs `program args...` ([`crate::process`]: its own process group, the last lines of
+/// its output kept); fails unless it exits 0 within `timeout` (when it is killed with what
+/// it started).
 fn run_script(program: &Path, args: &[String], timeout: Duration) -> Result<(), ReserveError> {
     let command = std::iter::once(program.display().to_string())
         .chain(args.iter().cloned())
@@ -124,34 +127,15 @@ fn run_script(program: &Path, args: &[String], timeout: Duration) -> Result<(), 
         command: command.clone(),
         reason,
     };
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot start: {e}")))?;
-    let output = collect_output(&mut child);
-    let mut status = None;
-    poll_until(timeout, Duration::from_millis(10), || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    let Some(status) = status else {
-        // Our own child, by its handle: no PID reuse possible before we reap it.
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(fail(format!("no answer within {timeout:?}: killed")));
+    let finished =
+        process::run(Command::new(program).args(args), timeout).map_err(|e| fail(e.to_string()))?;
+    let status = match finished.status {
+        None => return Err(fail(format!("no answer within {timeout:?}: killed"))),
+        Some(status) if status.success() => return Ok(()),
+        Some(status) => status,
     };
-    if status.success() {
-        return Ok(());
-    }
-    // A grandchild may keep the pipes open; take what has arrived by then.
-    let printed: String = output
-        .iter()
-        .filter_map(|rx| rx.recv_timeout(Duration::from_millis(200)).ok())
-        .collect::<Vec<_>>()
-        .join("");
+    let Output { stdout, stderr } = finished.output(DRAIN);
+    let printed = stdout.into_iter().chain(stderr).collect::<Vec<_>>().join("\n");
     let printed = printed.trim();
     Err(fail(if printed.is_empty() {
         format!("{status}")
@@ -160,73 +144,18 @@ fn run_script(program: &Path, args: &[String], timeout: Duration) -> Result<(), 
     }))
 }
 
-/// Drains the child's stdout and stderr on threads (so it never blocks on a full pipe);
-/// each channel yields that stream's text once it closes.
-fn collect_output(child: &mut Child) -> Vec<mpsc::Receiver<String>> {
-    let mut streams: Vec<Box<dyn Read + Send>> = Vec::new();
-    if let Some(s) = child.stdout.take() {
-        streams.push(Box::new(s));
-    }
-    if let Some(s) = child.stderr.take() {
-        streams.push(Box::new(s));
-    }
-    streams
-        .into_iter()
-        .map(|mut s| {
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                let mut text = Vec::new();
-                let _ = s.read_to_end(&mut text);
-                let _ = tx.send(String::from_utf8_lossy(&text).into_owned());
-            });
-            rx
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_dir::TempDir;
     use std::fs;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn link(from: &str, to: &str, mbps: f64) -> LinkReservation {
-        LinkReservation {
-            from: from.into(),
-            to: to.into(),
-            mbps,
-        }
-    }
-
-    fn cpu(vm: &str, period_ms: f64, slice_ms: f64) -> CpuReservation {
-        CpuReservation {
-            vm: vm.into(),
-            period_ms,
-            slice_ms,
-        }
-    }
-
-    /// A script that appends its arguments to a log and fails on `link h9 ...`.
-    fn script(dir: &Path, body: &str) -> PathBuf {
-        let path = dir.join("reserve.sh");
-        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    }
-
-    fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("vnet-reserve-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     #[test]
     fn reserve_script_backend_calls_the_protocol() {
-        let dir = temp_dir("script");
-        let log = dir.join("calls");
-        let prog = script(
-            &dir,
+        let dir = TempDir::new("reserve-script");
+        let log = dir.0.join("calls");
+        let prog = dir.script(
+            "reserve.sh",
             &format!(
                 "echo \"$*\" >> {}\n[ \"$2\" = h9 ] && {{ echo no path to h9 >&2; exit 3; }}\nexit 0",
                 log.display()
@@ -235,19 +164,28 @@ mod tests {
         let calls = || fs::read_to_string(&log).unwrap_or_default();
         let mut b = ScriptBackend::new(&prog);
 
-        b.apply(&[link("h1", "h2", 60.0)], &[cpu("vm0", 100.0, 25.0)])
-            .unwrap();
+        b.apply(
+            &[LinkReservation::new("h1", "h2", 60.0)],
+            &[CpuReservation::new("vm0", 100.0, 25.0)],
+        )
+        .unwrap();
         assert_eq!(calls(), "link h1 h2 60\ncpu vm0 100 25\n");
         // The same set again: nothing to do.
-        b.apply(&[link("h1", "h2", 60.0)], &[cpu("vm0", 100.0, 25.0)])
-            .unwrap();
+        b.apply(
+            &[LinkReservation::new("h1", "h2", 60.0)],
+            &[CpuReservation::new("vm0", 100.0, 25.0)],
+        )
+        .unwrap();
         assert_eq!(calls().lines().count(), 2);
 
         // A new set: releases first, then changes and additions.
         fs::remove_file(&log).unwrap();
         b.apply(
-            &[link("h1", "h2", 12.5), link("h2", "h3", 5.0)],
-            &[cpu("vm1", 50.0, 10.0)],
+            &[
+                LinkReservation::new("h1", "h2", 12.5),
+                LinkReservation::new("h2", "h3", 5.0),
+            ],
+            &[CpuReservation::new("vm1", 50.0, 10.0)],
         )
         .unwrap();
         assert_eq!(
@@ -257,8 +195,11 @@ mod tests {
         assert_eq!(
             b.current().unwrap(),
             Reservations {
-                links: vec![link("h1", "h2", 12.5), link("h2", "h3", 5.0)],
-                cpu: vec![cpu("vm1", 50.0, 10.0)],
+                links: vec![
+                    LinkReservation::new("h1", "h2", 12.5),
+                    LinkReservation::new("h2", "h3", 5.0)
+                ],
+                cpu: vec![CpuReservation::new("vm1", 50.0, 10.0)],
             }
         );
 
@@ -266,38 +207,51 @@ mod tests {
         // before stays recorded.
         fs::remove_file(&log).unwrap();
         let e = b
-            .apply(&[link("h1", "h2", 12.5), link("h9", "h1", 1.0)], &[])
+            .apply(
+                &[
+                    LinkReservation::new("h1", "h2", 12.5),
+                    LinkReservation::new("h9", "h1", 1.0),
+                ],
+                &[],
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("link h9 h1 1") && e.contains("no path to h9"), "{e}");
         assert_eq!(calls(), "release-link h2 h3\nrelease-cpu vm1\nlink h9 h1 1\n");
-        assert_eq!(b.current().unwrap().links, [link("h1", "h2", 12.5)]);
+        assert_eq!(
+            b.current().unwrap().links,
+            [LinkReservation::new("h1", "h2", 12.5)]
+        );
 
         // An invalid set calls nothing.
         fs::remove_file(&log).unwrap();
-        assert!(b.apply(&[link("h1", "h1", 1.0)], &[]).is_err());
+        assert!(b.apply(&[LinkReservation::new("h1", "h1", 1.0)], &[]).is_err());
         assert_eq!(calls(), "");
 
         b.clear().unwrap();
         assert_eq!(calls(), "release-link h1 h2\n");
         assert_eq!(b.current().unwrap(), Reservations::default());
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn reserve_script_backend_times_out_and_reports_missing_program() {
-        let dir = temp_dir("slow");
-        let prog = script(&dir, "exec sleep 30");
+        let dir = TempDir::new("reserve-slow");
+        let prog = dir.script("reserve.sh", "exec sleep 30");
         let mut b = ScriptBackend::new(&prog).with_timeout(Duration::from_millis(200));
         let start = std::time::Instant::now();
-        let e = b.apply(&[link("h1", "h2", 1.0)], &[]).unwrap_err().to_string();
+        let e = b
+            .apply(&[LinkReservation::new("h1", "h2", 1.0)], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no answer within"), "{e}");
         assert!(start.elapsed() < Duration::from_secs(5));
         assert_eq!(b.current().unwrap(), Reservations::default());
 
-        let mut b = ScriptBackend::new(dir.join("missing"));
-        let e = b.apply(&[], &[cpu("vm0", 10.0, 1.0)]).unwrap_err().to_string();
+        let mut b = ScriptBackend::new(dir.0.join("missing"));
+        let e = b
+            .apply(&[], &[CpuReservation::new("vm0", 10.0, 1.0)])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot start"), "{e}");
-        let _ = fs::remove_dir_all(&dir);
     }
 }

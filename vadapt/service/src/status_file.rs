@@ -33,14 +33,14 @@ pub fn read(path: &Path) -> Result<Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vadapt::status::{DecisionRecord, Phase, PlanSummary, Verdict, KEPT_DECISIONS};
+    use vadapt::status::{AdaptorPhase, DecisionRecord, PlanSummary, Verdict, KEPT_DECISIONS};
 
     fn status() -> Status {
         Status {
             target: "lab t".into(),
             pid: 7,
             dry_run: false,
-            phase: Phase::Observing,
+            phase: AdaptorPhase::Observing,
             rounds: 3,
             updated_unix_ms: 1,
             host_graph: vec![],

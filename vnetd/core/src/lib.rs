@@ -14,6 +14,7 @@
 //!   received segments into super-frames.
 //! - [`measure`]: round-trip time, throughput, probe bookkeeping.
 //! - [`config`]: the daemon's configuration and the topology the control plane changes.
+//! - [`rate`]: data rates and their one grammar (the language's and the lab's).
 
 pub mod config;
 pub mod crypto;
@@ -24,6 +25,7 @@ pub mod handshake;
 pub mod mac;
 pub mod measure;
 pub mod offload;
+pub mod rate;
 pub mod rule;
 pub mod table;
 pub mod wire;

@@ -25,6 +25,7 @@ use arc_swap::ArcSwap;
 use vttif::{Direction, LocalMatrix};
 
 use vnet_core::forward::{DropCounters, DropReason, Forwarder, PortStats};
+use vnet_core::mac::MacAddr;
 use vnet_core::offload::{self, VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM};
 use vnet_core::table::{ForwardingTable, PortId};
 use vnet_core::wire;
@@ -275,7 +276,7 @@ impl Datapath {
                 return;
             };
             // `decide` checked the frame holds an Ethernet header.
-            if let (Ok(dst), Ok(src)) = (frame[..6].try_into(), frame[6..12].try_into()) {
+            if let Some((dst, src)) = MacAddr::frame_addrs(frame) {
                 worker.traffic.record(&src, &dst, frame.len(), dir);
             }
         }

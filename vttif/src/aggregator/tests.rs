@@ -2,14 +2,14 @@
 //! counted where it enters the overlay and again where it leaves.
 
 use super::*;
-use crate::shape::Shape;
+use crate::shape::KnownShape;
 use proptest::prelude::*;
 
 const HOSTS: usize = 4;
 const STEP: Duration = Duration::from_millis(50);
 
-fn mac(i: usize) -> Mac {
-    [2, 0, 0, 0, 0, i as u8 + 1]
+fn mac(i: usize) -> MacAddr {
+    MacAddr([2, 0, 0, 0, 0, i as u8 + 1])
 }
 
 /// Simulated daemons with cumulative counters, polled at 20 Hz.
@@ -97,7 +97,7 @@ impl Sim {
 }
 
 /// Both directions of every edge of `shape` at `rate`, plus ACK-sized reverse traffic.
-fn traffic(shape: &Shape, rate: f64) -> Vec<(usize, usize, f64)> {
+fn traffic(shape: &KnownShape, rate: f64) -> Vec<(usize, usize, f64)> {
     shape
         .edges()
         .iter()
@@ -105,25 +105,25 @@ fn traffic(shape: &Shape, rate: f64) -> Vec<(usize, usize, f64)> {
         .collect()
 }
 
-fn pairs(shape: &Shape) -> BTreeSet<(String, String)> {
+fn pairs(shape: &KnownShape) -> BTreeSet<(String, String)> {
     shape
         .edges()
         .iter()
-        .map(|&(a, b)| (mac_string(&mac(a)), mac_string(&mac(b))))
+        .map(|&(a, b)| (mac(a).to_string(), mac(b).to_string()))
         .collect()
 }
 
 #[test]
 fn recovers_every_known_shape_with_its_name() {
     let shapes = [
-        Shape::Bus(8),
-        Shape::Ring(8),
-        Shape::Mesh(vec![4, 2]),
-        Shape::Hypercube(3),
-        Shape::Tree(8),
-        Shape::AllToAll(8),
-        Shape::Star(8),
-        Shape::Torus(vec![3, 3]),
+        KnownShape::Bus(8),
+        KnownShape::Ring(8),
+        KnownShape::Mesh(vec![4, 2]),
+        KnownShape::Hypercube(3),
+        KnownShape::Tree(8),
+        KnownShape::AllToAll(8),
+        KnownShape::Star(8),
+        KnownShape::Torus(vec![3, 3]),
     ];
     for shape in shapes {
         let mut sim = Sim::new(Params::default());
@@ -142,7 +142,7 @@ fn rates_are_smoothed_normalized_and_not_double_counted() {
     let rate = |s: usize, d: usize| {
         v.matrix
             .iter()
-            .find(|e| e.src == mac_string(&mac(s)) && e.dst == mac_string(&mac(d)))
+            .find(|e| e.src == mac(s).to_string() && e.dst == mac(d).to_string())
             .map(|e| (e.bytes_per_s, e.normalized))
             .unwrap()
     };
@@ -176,7 +176,7 @@ fn entries_below_the_threshold_are_pruned() {
 #[test]
 fn broadcast_and_quiet_periods_do_not_make_topology() {
     let mut sim = Sim::new(Params::default());
-    let ring = Shape::Ring(8);
+    let ring = KnownShape::Ring(8);
     sim.run(Duration::from_secs(2), &traffic(&ring, 1e6));
     // Only ARP-like broadcasts and a trickle below the noise floor: the ring stands.
     let bcast = [(0, 0xfe, 100.0)];
@@ -191,7 +191,7 @@ fn broadcast_and_quiet_periods_do_not_make_topology() {
 #[test]
 fn a_topology_change_is_detected_and_settles() {
     let mut sim = Sim::new(Params::default());
-    let (a, b) = (Shape::Ring(8), Shape::Star(8));
+    let (a, b) = (KnownShape::Ring(8), KnownShape::Star(8));
     sim.run(Duration::from_secs(3), &traffic(&a, 1e6));
     let before = sim.agg.view(sim.now).changes;
     let (reaction, t, v) = sim.switch(Duration::from_secs(10), &traffic(&b, 1e6));
@@ -210,7 +210,7 @@ fn a_topology_change_is_detected_and_settles() {
 #[test]
 fn switching_faster_than_the_smoothing_interval_shows_the_union() {
     let mut sim = Sim::new(Params::default());
-    let (a, b) = (Shape::Ring(8), Shape::Star(8));
+    let (a, b) = (KnownShape::Ring(8), KnownShape::Star(8));
     let union: BTreeSet<_> = pairs(&a).union(&pairs(&b)).cloned().collect();
     let mut last = View::default();
     for _ in 0..20 {
@@ -224,7 +224,7 @@ fn switching_faster_than_the_smoothing_interval_shows_the_union() {
 #[test]
 fn switching_slower_than_smoothing_but_within_damping_holds_the_union() {
     let mut sim = Sim::new(Params::default());
-    let (a, b) = (Shape::Ring(8), Shape::Hypercube(3));
+    let (a, b) = (KnownShape::Ring(8), KnownShape::Hypercube(3));
     let union: BTreeSet<_> = pairs(&a).union(&pairs(&b)).cloned().collect();
     let mut views = Vec::new();
     for _ in 0..6 {
@@ -254,7 +254,7 @@ fn switching_slower_than_smoothing_but_within_damping_holds_the_union() {
 #[test]
 fn a_quiet_spell_ends_an_oscillation_episode() {
     let mut sim = Sim::new(Params::default());
-    let (a, b) = (Shape::Ring(8), Shape::Hypercube(3));
+    let (a, b) = (KnownShape::Ring(8), KnownShape::Hypercube(3));
     for _ in 0..3 {
         sim.run(Duration::from_millis(1500), &traffic(&a, 1e6));
         sim.run(Duration::from_millis(1500), &traffic(&b, 1e6));
@@ -262,7 +262,7 @@ fn a_quiet_spell_ends_an_oscillation_episode() {
     assert!(sim.run(Duration::from_millis(1500), &traffic(&a, 1e6)).damped);
     // Silence for longer than the smoothing interval, then a new phase: no held edges.
     sim.run(Duration::from_millis(2500), &[]);
-    let star = Shape::Star(8);
+    let star = KnownShape::Star(8);
     let v = sim.run(Duration::from_millis(1500), &traffic(&star, 1e6));
     assert_eq!(v.topology.pairs(), pairs(&star));
     assert!(!v.damped);
@@ -333,7 +333,7 @@ proptest! {
             .iter()
             .filter(|r| r.2 / max >= threshold)
             .map(|&(s, d, _)| {
-                let (a, b) = (mac_string(&mac(s.min(d))), mac_string(&mac(s.max(d))));
+                let (a, b) = (mac(s.min(d)).to_string(), mac(s.max(d)).to_string());
                 (a, b)
             })
             .collect();
