@@ -367,7 +367,13 @@ impl ControlState {
             return match result {
                 Ok(()) => {
                     self.topology.ifaces.push(spec);
-                    self.ifaces.insert(name.to_string(), IfaceRun { up: true, error: None });
+                    self.ifaces.insert(
+                        name.to_string(),
+                        IfaceRun {
+                            up: true,
+                            error: None,
+                        },
+                    );
                     Outcome::ready(Ok(Response::Done), vec![self.persist()])
                 }
                 Err(e) => Outcome::refuse(ControlError::System(e)),
@@ -375,7 +381,10 @@ impl ControlState {
         }
         if let Some(run) = self.ifaces.get_mut(name) {
             *run = match result {
-                Ok(()) => IfaceRun { up: true, error: None },
+                Ok(()) => IfaceRun {
+                    up: true,
+                    error: None,
+                },
                 Err(e) => IfaceRun {
                     up: false,
                     error: Some(e),
@@ -792,7 +801,12 @@ impl ControlState {
                 .topology
                 .ifaces
                 .iter()
-                .map(|i| (i.name.clone(), self.ports.counters(&Output::Iface(i.name.clone()))))
+                .map(|i| {
+                    (
+                        i.name.clone(),
+                        self.ports.counters(&Output::Iface(i.name.clone())),
+                    )
+                })
                 .collect(),
             links: self
                 .topology
@@ -892,9 +906,7 @@ mod tests {
             .map(|e| match e {
                 Effect::OpenIface { spec, .. } => format!("open {}", spec.name),
                 Effect::CloseIface {
-                    name,
-                    remove_device,
-                    ..
+                    name, remove_device, ..
                 } => format!("close {name}{}", if *remove_device { " remove" } else { "" }),
                 Effect::StartLink { spec, .. } => format!("start {}", spec.name),
                 Effect::StopLink { name, .. } => format!("stop {name}"),
@@ -958,7 +970,10 @@ mod tests {
         };
         assert_eq!((l.len(), l[0].up, l[0].error.clone()), (1, true, None));
         // A device that cannot be opened: a system error, and no interface.
-        assert_eq!(s.apply(Request::IfaceAdd(tap("vm1")), now).reply, Reply::AwaitOpen);
+        assert_eq!(
+            s.apply(Request::IfaceAdd(tap("vm1")), now).reply,
+            Reply::AwaitOpen
+        );
         let o = s.iface_opened("vm1", Err("no such device".into()));
         assert_eq!(ready(&o), &Err(ControlError::System("no such device".into())));
         assert!(o.effects.is_empty());
@@ -1110,18 +1125,27 @@ mod tests {
     #[test]
     fn config_replace_keeps_ids_numbers_the_rest_and_orders_its_effects() {
         let (mut s, now) = state();
-        let mut t = Topology::default();
-        t.ifaces = vec![tap("vm0"), tap("vm1")];
-        t.links = vec![link("h0-h1", true), link("h1-h2", false)];
-        t.rules = vec![
-            entry(Some(7), Output::Link("h0-h1".into())),
-            entry(None, Output::Iface("vm0".into())),
-        ];
+        let t = Topology {
+            ifaces: vec![tap("vm0"), tap("vm1")],
+            links: vec![link("h0-h1", true), link("h1-h2", false)],
+            rules: vec![
+                entry(Some(7), Output::Link("h0-h1".into())),
+                entry(None, Output::Iface("vm0".into())),
+            ],
+            ..Topology::default()
+        };
         let o = s.apply(Request::ConfigReplace(t.clone()), now);
         done(&o);
         assert_eq!(
             kinds(&o.effects),
-            ["open vm0", "open vm1", "start h0-h1", "start h1-h2", "publish", "persist"]
+            [
+                "open vm0",
+                "open vm1",
+                "start h0-h1",
+                "start h1-h2",
+                "publish",
+                "persist"
+            ]
         );
         let ids: Vec<_> = s.topology().rules.iter().map(|r| r.id).collect();
         assert_eq!(ids, [Some(RuleId(7)), Some(RuleId(8))]);
@@ -1171,8 +1195,10 @@ mod tests {
     #[test]
     fn config_replace_retries_a_failed_interface() {
         let (mut s, now) = state();
-        let mut t = Topology::default();
-        t.ifaces = vec![tap("vm0")];
+        let t = Topology {
+            ifaces: vec![tap("vm0")],
+            ..Topology::default()
+        };
         done(&s.apply(Request::ConfigReplace(t.clone()), now));
         s.iface_opened("vm0", Err("busy".into()));
         let o = s.apply(Request::ConfigReplace(t.clone()), now);
@@ -1185,9 +1211,11 @@ mod tests {
     #[test]
     fn rule_ids_never_overflow() {
         let (mut s, now) = state();
-        let mut t = Topology::default();
-        t.ifaces = vec![tap("vm0")];
-        t.rules = vec![entry(Some(u64::MAX), Output::Iface("vm0".into()))];
+        let mut t = Topology {
+            ifaces: vec![tap("vm0")],
+            rules: vec![entry(Some(u64::MAX), Output::Iface("vm0".into()))],
+            ..Topology::default()
+        };
         let o = s.apply(Request::ConfigReplace(t.clone()), now);
         assert!(
             matches!(ready(&o), Err(ControlError::Invalid(m)) if m.contains("too large")),
@@ -1201,7 +1229,10 @@ mod tests {
         ];
         let o = s.apply(Request::ConfigReplace(t.clone()), now);
         assert!(matches!(ready(&o), Err(ControlError::Invalid(m)) if m.contains("no rule ids")));
-        assert!(s.topology().ifaces.is_empty(), "a refused replace changes nothing");
+        assert!(
+            s.topology().ifaces.is_empty(),
+            "a refused replace changes nothing"
+        );
         t.rules.pop();
         done(&s.apply(Request::ConfigReplace(t), now));
         let o = s.apply(Request::RuleAdd(rule(Output::Iface("vm0".into()))), now);
