@@ -287,6 +287,13 @@ pub enum ConfigError {
     /// Link names starting with a dot are the daemon's own (`.probe`, bandwidth probes).
     #[error("link name `{0}` is reserved: names starting with `.` are the daemon's own")]
     ReservedLinkName(String),
+    /// A rule id of `u64::MAX`: ids stop one short, so that a daemon can always number
+    /// the rules added after the largest one.
+    #[error("rule id {0} is too large: the largest rule id is {max}", max = u64::MAX - 1)]
+    RuleIdTooLarge(u64),
+    /// Every rule id below `u64::MAX` has been given out.
+    #[error("no rule ids are left to number new rules")]
+    RuleIdsExhausted,
     /// TCP control was asked for without a token.
     #[error("control_tcp needs control_token_file: remote control never listens unauthenticated")]
     TcpControlWithoutToken,
@@ -356,6 +363,9 @@ impl Topology {
         let mut ids = HashSet::new();
         for r in &self.rules {
             if let Some(id) = r.id {
+                if id.0 == u64::MAX {
+                    return Err(ConfigError::RuleIdTooLarge(id.0));
+                }
                 if !ids.insert(id) {
                     return Err(ConfigError::Duplicate {
                         what: "rule id",

@@ -10,19 +10,20 @@
 //! VTTIF accounting: every forwarded frame that came from a local interface is recorded
 //! as `Sent`, every one that came from a link and leaves by a local interface as
 //! `Delivered`, in the worker's own table (no lock, no allocation once the pair is known).
-//! The control plane reads every worker's cumulative counters when asked
-//! ([`Datapath::vttif_matrix`]); the counters of workers that ended are folded into a
-//! retired total, so the daemon's matrix never goes backwards.
+//! The control state reads every worker's cumulative counters when asked
+//! (`vnet_control::dataplane::TrafficAccounts::matrix`); the counters of workers that
+//! ended are folded into a retired total, so the daemon's matrix never goes backwards.
 
 use std::fs::File;
 use std::io::{ErrorKind, IoSlice, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use vttif::{Direction, LocalMatrix};
+use vnet_control::dataplane::Dataplane;
+use vttif::Direction;
 
 use vnet_core::forward::{DropCounters, DropReason, Forwarder, PortStats};
 use vnet_core::mac::MacAddr;
@@ -103,11 +104,10 @@ pub struct Datapath {
     /// The published port map.
     pub ports: ArcSwap<PortMap>,
     /// Drops by reason.
-    pub drops: DropCounters,
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
-    vttif_on: AtomicBool,
-    vttif: Mutex<Accounts>,
+    /// Drops by reason (shared with the control state, as [`Datapath::dataplane`]).
+    pub drops: Arc<DropCounters>,
+    /// The counters the control state reports: drops, cache totals, VTTIF accounts.
+    pub dataplane: Dataplane,
     too_large_log: LogLimit,
 }
 
@@ -139,23 +139,14 @@ impl LogLimit {
     }
 }
 
-/// Every worker's VTTIF table, and what ended workers counted.
-#[derive(Debug, Default)]
-struct Accounts {
-    readers: Vec<vttif::Reader>,
-    retired: LocalMatrix,
-}
-
 impl Default for Datapath {
     fn default() -> Self {
+        let dataplane = Dataplane::default();
         Datapath {
             table: ArcSwap::default(),
             ports: ArcSwap::default(),
-            drops: DropCounters::default(),
-            cache_hits: AtomicU64::new(0),
-            cache_misses: AtomicU64::new(0),
-            vttif_on: AtomicBool::new(true),
-            vttif: Mutex::default(),
+            drops: dataplane.drops.clone(),
+            dataplane,
             too_large_log: LogLimit::new(),
         }
     }
@@ -173,49 +164,17 @@ pub struct Worker {
 impl Datapath {
     /// A new worker whose traffic counts in this data path's VTTIF matrix.
     pub fn worker(&self) -> Worker {
-        let (traffic, reader) = vttif::accumulator(vttif::DEFAULT_CAPACITY);
-        self.accounts().readers.push(reader);
         Worker {
             forwarder: Forwarder::default(),
             bufs: Buffers::default(),
             reported: (0, 0),
-            traffic,
+            traffic: self.dataplane.traffic.recorder(),
         }
     }
 
-    fn accounts(&self) -> std::sync::MutexGuard<'_, Accounts> {
-        // The lock guards plain counters; a panicking holder leaves them usable.
-        self.vttif.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Switches VTTIF accounting on or off (on by default).
-    pub fn set_vttif(&self, on: bool) {
-        self.vttif_on.store(on, Relaxed);
-    }
-
-    /// Whether VTTIF accounting is on.
-    pub fn vttif_enabled(&self) -> bool {
-        self.vttif_on.load(Relaxed)
-    }
-
-    /// The cumulative local traffic matrix: every worker's counters, live and ended.
-    pub fn vttif_matrix(&self) -> LocalMatrix {
-        let mut acc = self.accounts();
-        let Accounts { readers, retired } = &mut *acc;
-        // Fold the tables of ended workers into the retired total (they no longer change).
-        readers.retain(|r| {
-            if r.orphaned() {
-                r.read_into(retired);
-                retired.normalize();
-            }
-            !r.orphaned()
-        });
-        let mut m = retired.clone();
-        for r in readers.iter() {
-            r.read_into(&mut m);
-        }
-        m.normalize();
-        m
+    /// Publishes a new port map to the workers.
+    pub fn publish_ports(&self, ports: PortMap) {
+        self.ports.store(Arc::new(ports));
     }
 
     /// Forwards one ordinary frame that arrived on `ingress` with `hop_limit` hops left.
@@ -266,7 +225,7 @@ impl Datapath {
                 }
             }
         }
-        if self.vttif_on.load(Relaxed) {
+        if self.dataplane.traffic.enabled() {
             let from_local = ports.get(ingress).is_some_and(|p| !p.is_link);
             let dir = if from_local {
                 Direction::Sent
@@ -285,14 +244,10 @@ impl Datapath {
     /// Adds the worker's cache hits and misses since its last report to the totals.
     pub fn report_cache(&self, worker: &mut Worker) {
         let (hits, misses) = worker.forwarder.cache_stats();
-        self.cache_hits.fetch_add(hits - worker.reported.0, Relaxed);
-        self.cache_misses.fetch_add(misses - worker.reported.1, Relaxed);
+        self.dataplane
+            .cache
+            .add(hits - worker.reported.0, misses - worker.reported.1);
         worker.reported = (hits, misses);
-    }
-
-    /// Total cache hits and misses reported so far.
-    pub fn cache_stats(&self) -> (u64, u64) {
-        (self.cache_hits.load(Relaxed), self.cache_misses.load(Relaxed))
     }
 }
 

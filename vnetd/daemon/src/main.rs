@@ -10,6 +10,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+use vnet_control::proto::Request;
 use vnet_core::config::{DaemonConfig, Topology};
 use vnet_core::handshake::NetworkKey;
 use vnetd::daemon::{Daemon, Identity};
@@ -154,12 +155,19 @@ async fn run(config: DaemonConfig, vttif: bool) -> Result<()> {
         Some(addr) => format!("cannot bind QUIC port {addr}"),
         None => "cannot open a QUIC client endpoint".to_string(),
     })?;
-    let daemon: Arc<Daemon> = Daemon::new(identity, udp_handle, quic.clone());
-    daemon.datapath.set_vttif(vttif);
+    let daemon: Arc<Daemon> = Daemon::new(
+        identity,
+        udp_handle,
+        quic.clone(),
+        tokio::runtime::Handle::current(),
+    )
+    .context("cannot start the control thread")?;
+    daemon.datapath.dataplane.traffic.set_enabled(vttif);
     // Runs until the daemon exits (dropping it stops the thread).
     let _udp_links = udp::spawn(daemon.clone(), udp_commands).context("cannot start the UDP link thread")?;
     daemon
-        .apply_topology(config.topology.clone())
+        .handle(Request::ConfigReplace(config.topology.clone()))
+        .await
         .context("invalid topology")?;
     tokio::spawn(tcp::serve(daemon.clone(), tcp_listener));
     if quic.accepts() {

@@ -53,7 +53,8 @@ fn start(name: &str) -> Running {
             tap_queues: 1,
         };
         let quic = vnetd::link::quic::Endpoint::bind(None).unwrap();
-        let daemon: Arc<Daemon> = Daemon::new(identity, udp, quic);
+        let daemon: Arc<Daemon> =
+            Daemon::new(identity, udp, quic, tokio::runtime::Handle::current()).unwrap();
         let udp_thread = udp::spawn(daemon.clone(), commands).unwrap();
         let unix_listener = server::bind_unix(&unix).unwrap();
         let tcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
