@@ -116,7 +116,10 @@ mod tests {
     #[test]
     fn ended_workers_counts_stay_in_the_matrix() {
         let traffic = TrafficAccounts::default();
-        let (a, b) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let (a, b) = (
+            vnet_core::mac::MacAddr([2, 0, 0, 0, 0, 1]),
+            vnet_core::mac::MacAddr([2, 0, 0, 0, 0, 2]),
+        );
         let mut first = traffic.recorder();
         first.record(&a, &b, 100, vttif::Direction::Sent);
         drop(first);

@@ -1265,7 +1265,7 @@ mod tests {
         done(&s.apply(Request::VttifSet { enabled: false }, t0));
         let mut rec = s.dataplane().traffic.recorder();
         let (a, b) = (MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2]));
-        rec.record(&a.0, &b.0, 60, vttif::Direction::Sent);
+        rec.record(&a, &b, 60, vttif::Direction::Sent);
         let o = s.apply(Request::VttifMatrix, t0);
         let Ok(Response::VttifMatrix(snap)) = ready(&o) else {
             panic!("{o:?}")
