@@ -1,12 +1,17 @@
 //! A deterministic simulator of the overlay (docs to be written with the checks).
 
+pub mod apply;
+pub mod check;
 pub mod daemon;
 pub mod faults;
 pub mod ledger;
 pub mod links;
 pub mod queue;
+pub mod reference;
+pub mod scenario;
 pub mod sim;
 pub mod time;
+pub mod topology;
 pub mod trace;
 pub mod underlay;
 pub mod vm;
@@ -15,6 +20,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub use daemon::{DaemonOutput, SimDaemon};
+pub use check::Failure;
+pub use scenario::{Scenario, Summary};
 pub use sim::{Sim, SimError};
 
 /// A host's index in the simulation: the position of its machine name in natural order.
