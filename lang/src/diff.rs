@@ -135,7 +135,9 @@ fn along_paths(rules: Vec<Rule>, direction: Direction) -> impl Iterator<Item = I
     type Sides = (MacMatch, DstMatch);
     let mut at: HashMap<(&str, Sides), Vec<usize>> = HashMap::new();
     for (i, r) in rules.iter().enumerate() {
-        at.entry((r.machine.as_str(), (r.src, r.dst))).or_default().push(i);
+        at.entry((r.machine.as_str(), (r.src, r.dst)))
+            .or_default()
+            .push(i);
     }
     // waits[i]: the rules that must come before rule i; then[i]: the rules waiting for i.
     let mut waits = vec![0usize; rules.len()];
@@ -179,7 +181,10 @@ fn along_paths(rules: Vec<Rule>, direction: Direction) -> impl Iterator<Item = I
         }
     }
     let mut slots: Vec<Option<Rule>> = rules.into_iter().map(Some).collect();
-    order.into_iter().filter_map(move |i| slots[i].take()).map(Item::Rule)
+    order
+        .into_iter()
+        .filter_map(move |i| slots[i].take())
+        .map(Item::Rule)
 }
 
 /// Applies primitives in order; fails at the first one the overlay refuses.

@@ -293,7 +293,11 @@ fn diff_never_cuts_a_relayed_route_on_the_way() {
         for p in &d {
             o = apply(&o, std::slice::from_ref(p)).unwrap();
             let r = lang::route::trace(&o, a, b, None).unwrap();
-            assert!(!r.has_problems() && r.deliveries() == 1, "after {p:?}:\n{}", lang::route::render(&r));
+            assert!(
+                !r.has_problems() && r.deliveries() == 1,
+                "after {p:?}:\n{}",
+                lang::route::render(&r)
+            );
         }
         assert_eq!(&o, to);
     }

@@ -1,4 +1,4 @@
-//! `vnet apply` on the simulated daemons: the primitives of [`lang::diff`] reach the
+//! `vnet apply` on the simulated daemons: the primitives of [`fn@lang::diff`] reach the
 //! daemons step by step, and a probe runs after every change.
 //!
 //! Two groupings: [`Grouping::Primitives`] applies one primitive at a time (apply it with
@@ -32,8 +32,10 @@ pub fn steps(primitives: &[Primitive], grouping: Grouping) -> Vec<Vec<Primitive>
         Grouping::Fleet => {
             let mut out = Vec::new();
             for phase in lang::phases(primitives) {
-                let (structure, rules): (Vec<Primitive>, Vec<Primitive>) =
-                    phase.iter().cloned().partition(|p| !matches!(p.item, Item::Rule(_)));
+                let (structure, rules): (Vec<Primitive>, Vec<Primitive>) = phase
+                    .iter()
+                    .cloned()
+                    .partition(|p| !matches!(p.item, Item::Rule(_)));
                 let ordered = match phase[0].action {
                     Action::Add => [structure, rules],
                     Action::Delete => [rules, structure],
@@ -134,7 +136,11 @@ pub fn execute(
         for p in step {
             if let (Action::Add, Item::Link(l)) = (p.action, &p.item) {
                 if sim.link_session(&l.name()).is_none() {
-                    return Err(failed(format!("step {}: link {} is not up after it", i + 1, l.name())));
+                    return Err(failed(format!(
+                        "step {}: link {} is not up after it",
+                        i + 1,
+                        l.name()
+                    )));
                 }
             }
         }
@@ -150,7 +156,9 @@ pub fn execute(
             t
         });
         if running.as_ref() != Some(&want) {
-            return Err(failed(format!("after the apply `{m}` does not run its part of the target")));
+            return Err(failed(format!(
+                "after the apply `{m}` does not run its part of the target"
+            )));
         }
     }
     Ok(done)

@@ -140,7 +140,11 @@ pub fn deliveries(
         if let Some(v) = got.keys().find(|v| !exp.receivers.contains_key(v)) {
             return Err(Violation::frame(
                 id,
-                format!("reached {}, which the model says it does not reach\n{}", name(v), exp.route),
+                format!(
+                    "reached {}, which the model says it does not reach\n{}",
+                    name(v),
+                    exp.route
+                ),
             ));
         }
         for (v, &want) in &exp.receivers {
@@ -196,7 +200,10 @@ pub fn loops(sim: &Sim, frames: &[FrameId]) -> Result<(), Violation> {
             return Err(Violation::frame(id, "was never sent".into()));
         };
         if !r.deliveries.is_empty() {
-            return Err(Violation::frame(id, format!("reached {} interfaces", r.deliveries.len())));
+            return Err(Violation::frame(
+                id,
+                format!("reached {} interfaces", r.deliveries.len()),
+            ));
         }
         if r.transmissions != crossings || r.min_hop_limit != Some(1) {
             return Err(Violation::frame(

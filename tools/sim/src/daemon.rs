@@ -174,7 +174,9 @@ impl SimDaemon {
         for (output, id) in &self.registry {
             let port = &mut self.ports[id.0 as usize];
             port.state = match output {
-                Output::Iface(name) if self.topology.ifaces.iter().any(|i| &i.name == name) => PortState::Iface,
+                Output::Iface(name) if self.topology.ifaces.iter().any(|i| &i.name == name) => {
+                    PortState::Iface
+                }
                 Output::Iface(_) => PortState::Down,
                 Output::Link(_) => port.state,
             };
@@ -444,7 +446,10 @@ mod tests {
         };
         assert_eq!(*to, peer);
         let (h, payload) = wire::decode_datagram(datagram).unwrap();
-        assert_eq!((h.hop_limit, h.session, payload), (wire::DEFAULT_HOP_LIMIT - 1, 7, &frame(B, A)[..]));
+        assert_eq!(
+            (h.hop_limit, h.session, payload),
+            (wire::DEFAULT_HOP_LIMIT - 1, 7, &frame(B, A)[..])
+        );
 
         let mut back = Vec::new();
         wire::encode_frame(3, 7, 0, &[&frame(A, B)], &mut back).unwrap();
@@ -485,7 +490,10 @@ mod tests {
 
     #[test]
     fn a_link_frame_with_one_hop_left_is_dropped_at_the_hop_limit() {
-        let (p1, p2): (SocketAddr, SocketAddr) = ("198.18.0.2:7400".parse().unwrap(), "198.18.0.3:7400".parse().unwrap());
+        let (p1, p2): (SocketAddr, SocketAddr) = (
+            "198.18.0.2:7400".parse().unwrap(),
+            "198.18.0.3:7400".parse().unwrap(),
+        );
         let mut t = topology();
         t.links.push(LinkSpec {
             name: "h0-h2".into(),
@@ -508,11 +516,15 @@ mod tests {
             d.datagram_from_underlay(p1, &m);
         }
         let out = drain(&mut d);
-        let [DaemonOutput::Transmit { to, datagram }, DaemonOutput::Dropped(DropReason::HopLimit)] = out.as_slice()
+        let [DaemonOutput::Transmit { to, datagram }, DaemonOutput::Dropped(DropReason::HopLimit)] =
+            out.as_slice()
         else {
             panic!("{out:?}");
         };
-        assert_eq!((*to, wire::decode_datagram(datagram).unwrap().0.hop_limit), (p2, 1));
+        assert_eq!(
+            (*to, wire::decode_datagram(datagram).unwrap().0.hop_limit),
+            (p2, 1)
+        );
         assert_eq!(d.port_counters(&Output::Link("h0-h2".into())).tx_drops, 1);
         assert_eq!(link_hops(16), Some(15));
         assert_eq!(link_hops(0), None);

@@ -115,14 +115,23 @@ impl FaultSchedule {
     /// machines) between `window.0` and `window.1`: a partition that separates the ends
     /// of one of them, or a crash of a machine on them, from its start until `recovery`
     /// after it ends.
-    pub fn disturbs(&self, links: &[(String, String)], window: (SimTime, SimTime), recovery: Duration) -> bool {
+    pub fn disturbs(
+        &self,
+        links: &[(String, String)],
+        window: (SimTime, SimTime),
+        recovery: Duration,
+    ) -> bool {
         let overlaps = |from: SimTime, until: SimTime| from <= window.1 && window.0 <= until + recovery;
         let cut = self.partitions.iter().any(|p| {
-            overlaps(p.from, p.until) && links.iter().any(|(a, b)| p.hosts.contains(a) != p.hosts.contains(b))
+            overlaps(p.from, p.until)
+                && links
+                    .iter()
+                    .any(|(a, b)| p.hosts.contains(a) != p.hosts.contains(b))
         });
-        let crashed = self.crashes.iter().any(|c| {
-            overlaps(c.at, c.restart) && links.iter().any(|(a, b)| *a == c.host || *b == c.host)
-        });
+        let crashed = self
+            .crashes
+            .iter()
+            .any(|c| overlaps(c.at, c.restart) && links.iter().any(|(a, b)| *a == c.host || *b == c.host));
         cut || crashed
     }
 }
@@ -142,7 +151,10 @@ mod tests {
         for seed in 0..50 {
             let s = draw(seed);
             assert!(s.last_fault_end() <= horizon);
-            assert!(s.partitions.iter().all(|p| p.from < p.until && p.hosts.len() <= 3));
+            assert!(s
+                .partitions
+                .iter()
+                .all(|p| p.from < p.until && p.hosts.len() <= 3));
             assert!(s.crashes.iter().all(|c| c.at < c.restart));
             faults += s.partitions.len() + s.crashes.len();
         }

@@ -100,7 +100,10 @@ impl Ledger {
 
     /// Every frame with its id, in the order they were sent.
     pub fn frames(&self) -> impl Iterator<Item = (FrameId, &FrameRecord)> {
-        self.frames.iter().enumerate().map(|(i, r)| (FrameId(i as u64), r))
+        self.frames
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (FrameId(i as u64), r))
     }
 
     /// Frames sent.

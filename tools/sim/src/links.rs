@@ -48,7 +48,10 @@ pub struct HostView<'a> {
 /// The links that should be up, by name: for every running host's link that dials an
 /// address, the running host there declaring the same link as waiting, when `reachable`
 /// says the underlay joins them. The first dialer in host order wins a contested name.
-pub fn wanted(hosts: &[HostView<'_>], reachable: impl Fn(HostId, HostId) -> bool) -> BTreeMap<String, LinkEnds> {
+pub fn wanted(
+    hosts: &[HostView<'_>],
+    reachable: impl Fn(HostId, HostId) -> bool,
+) -> BTreeMap<String, LinkEnds> {
     let by_ip: BTreeMap<IpAddr, HostId> = hosts
         .iter()
         .enumerate()
@@ -60,7 +63,9 @@ pub fn wanted(hosts: &[HostView<'_>], reachable: impl Fn(HostId, HostId) -> bool
         let Some(t) = h.topology else { continue };
         for spec in &t.links {
             let Some(addr) = spec.peer else { continue };
-            let Some(&waiter) = by_ip.get(&addr.ip()) else { continue };
+            let Some(&waiter) = by_ip.get(&addr.ip()) else {
+                continue;
+            };
             if waiter == dialer || out.contains_key(&spec.name) || !reachable(dialer, waiter) {
                 continue;
             }
@@ -182,7 +187,16 @@ mod tests {
         };
         fn view<'a>(d: Option<&'a Topology>, w: Option<&'a Topology>) -> Vec<HostView<'a>> {
             let ip = |i: u8| IpAddr::from([198, 18, 0, i]);
-            vec![HostView { topology: w, ip: ip(1) }, HostView { topology: d, ip: ip(2) }]
+            vec![
+                HostView {
+                    topology: w,
+                    ip: ip(1),
+                },
+                HostView {
+                    topology: d,
+                    ip: ip(2),
+                },
+            ]
         }
         let (d, w) = (&dialer, &waiter);
         let mut o = LinkOracle::default();
@@ -197,7 +211,10 @@ mod tests {
         let changes = o.update(BTreeMap::new());
         assert!(matches!(&changes[..], [LinkChange::Down { session: 1, .. }]));
         let changes = o.update(wanted(&view(Some(d), Some(w)), |_, _| true));
-        assert!(matches!(&changes[..], [LinkChange::Up { session: 2, .. }]), "a fresh session");
+        assert!(
+            matches!(&changes[..], [LinkChange::Up { session: 2, .. }]),
+            "a fresh session"
+        );
         assert_eq!((o.session("h0-h1"), o.len()), (Some(2), 1));
     }
 }

@@ -45,7 +45,12 @@ impl Reference {
             .vms()
             .iter()
             .enumerate()
-            .map(|(i, v)| ((names[v.host.0 as usize].clone(), v.iface.clone()), VmId(i as u32)))
+            .map(|(i, v)| {
+                (
+                    (names[v.host.0 as usize].clone(), v.iface.clone()),
+                    VmId(i as u32),
+                )
+            })
             .collect();
         Reference {
             overlay: overlay.clone(),
@@ -66,44 +71,46 @@ impl Reference {
             vm_at,
             cache,
         } = self;
-        cache.entry((src, dst)).or_insert_with(|| match route::trace(overlay, src, dst, None) {
-            Err(e) => Expectation {
-                receivers: BTreeMap::new(),
-                clean: false,
-                links: Vec::new(),
-                depth: 0,
-                route: e.to_string(),
-            },
-            Ok(r) => {
-                let mut receivers = BTreeMap::new();
-                let mut to_vms = true;
-                for o in &r.outcomes {
-                    if let Outcome::Delivered { machine, iface, .. } = o {
-                        match vm_at.get(&(machine.clone(), iface.clone())) {
-                            Some(v) => *receivers.entry(*v).or_insert(0) += 1,
-                            None => to_vms = false,
+        cache
+            .entry((src, dst))
+            .or_insert_with(|| match route::trace(overlay, src, dst, None) {
+                Err(e) => Expectation {
+                    receivers: BTreeMap::new(),
+                    clean: false,
+                    links: Vec::new(),
+                    depth: 0,
+                    route: e.to_string(),
+                },
+                Ok(r) => {
+                    let mut receivers = BTreeMap::new();
+                    let mut to_vms = true;
+                    for o in &r.outcomes {
+                        if let Outcome::Delivered { machine, iface, .. } = o {
+                            match vm_at.get(&(machine.clone(), iface.clone())) {
+                                Some(v) => *receivers.entry(*v).or_insert(0) += 1,
+                                None => to_vms = false,
+                            }
                         }
                     }
+                    let links = r
+                        .hops
+                        .iter()
+                        .filter_map(|h| match &h.ingress {
+                            Ingress::Link(l) => {
+                                let other = overlay.links.get(l)?.other_end(&h.machine)?;
+                                Some((other.to_string(), h.machine.clone()))
+                            }
+                            Ingress::Iface(_) => None,
+                        })
+                        .collect();
+                    Expectation {
+                        receivers,
+                        clean: to_vms && !r.has_problems(),
+                        links,
+                        depth: r.hops.len(),
+                        route: route::render(&r),
+                    }
                 }
-                let links = r
-                    .hops
-                    .iter()
-                    .filter_map(|h| match &h.ingress {
-                        Ingress::Link(l) => {
-                            let other = overlay.links.get(l)?.other_end(&h.machine)?;
-                            Some((other.to_string(), h.machine.clone()))
-                        }
-                        Ingress::Iface(_) => None,
-                    })
-                    .collect();
-                Expectation {
-                    receivers,
-                    clean: to_vms && !r.has_problems(),
-                    links,
-                    depth: r.hops.len(),
-                    route: route::render(&r),
-                }
-            }
-        })
+            })
     }
 }

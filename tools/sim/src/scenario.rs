@@ -6,11 +6,12 @@ use std::fmt;
 use std::time::Duration;
 
 use lang::generate::Layout;
-use lang::{Item, LinkProto, Overlay};
+use lang::{Item, LinkProto, Overlay, Rule};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use vnet_core::mac::MacAddr;
+use vnet_core::wire::DEFAULT_HOP_LIMIT;
 
 use crate::apply::{self, Grouping, Stage};
 use crate::check::{self, Failure, Judged, Violation, RECOVERY_BOUND};
@@ -43,7 +44,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 4] = [Scenario::Delivery, Scenario::Faults, Scenario::Loops, Scenario::Apply];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Delivery,
+        Scenario::Faults,
+        Scenario::Loops,
+        Scenario::Apply,
+    ];
 
     /// Its name, as `VNET_SIM_SCENARIO` takes it.
     pub fn name(self) -> &'static str {
@@ -77,6 +83,37 @@ impl Scenario {
     }
 }
 
+/// What the `apply` scenario saw that is a known issue outside the language (crate docs,
+/// "Findings"): counted and reported rather than failed, so every other check stays
+/// strict.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Known {
+    /// Frames delivered twice to a VM while a rule of their pair was being replaced by one
+    /// with the same sides and another output: the diff adds the new rule before it
+    /// deletes the old one, and in between both fire.
+    pub duplicated_while_replacing: usize,
+    /// Frames lost, or delivered more than once by a transient loop, between two daemon
+    /// replaces of one `vnet apply` step: it replaces the step's daemons in name order,
+    /// not along the routes, so a machine can send a route's frames to a neighbour that
+    /// does not carry them yet (or no longer), whose default route sends them back.
+    pub disordered_between_replaces: usize,
+    /// The first frame of each kind, described.
+    pub examples: Vec<String>,
+}
+
+impl Known {
+    fn add(&mut self, other: Known) {
+        self.duplicated_while_replacing += other.duplicated_while_replacing;
+        self.disordered_between_replaces += other.disordered_between_replaces;
+        for e in other.examples {
+            let kind = e.split(':').next().unwrap_or_default().to_string();
+            if !self.examples.iter().any(|x| x.starts_with(&kind)) {
+                self.examples.push(e);
+            }
+        }
+    }
+}
+
 /// What a scenario did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
@@ -100,6 +137,8 @@ pub struct Summary {
     pub digest: String,
     /// What else the scenario measured.
     pub notes: Vec<String>,
+    /// Known issues it saw.
+    pub known: Known,
 }
 
 impl fmt::Display for Summary {
@@ -122,6 +161,17 @@ impl fmt::Display for Summary {
         for n in &self.notes {
             write!(f, "\n  {n}")?;
         }
+        let k = &self.known;
+        if k.duplicated_while_replacing + k.disordered_between_replaces > 0 {
+            write!(
+                f,
+                "\n  known issues: {} frames duplicated while a rule was replaced, {} lost or repeated between the replaces of a step",
+                k.duplicated_while_replacing, k.disordered_between_replaces
+            )?;
+            for e in &k.examples {
+                write!(f, "\n    {e}")?;
+            }
+        }
         Ok(())
     }
 }
@@ -139,8 +189,16 @@ fn sim_error(e: impl fmt::Display) -> Violation {
 
 /// A random star of 2..=`max_hosts` hosts with 1..=`max_vms` VMs each, and its links'
 /// transport.
-fn random_star(rng: &mut ChaCha8Rng, hosts: std::ops::RangeInclusive<usize>, max_vms: usize) -> Result<(Layout, Overlay), Violation> {
-    let proto = if rng.gen_bool(0.5) { LinkProto::Tcp } else { LinkProto::Udp };
+fn random_star(
+    rng: &mut ChaCha8Rng,
+    hosts: std::ops::RangeInclusive<usize>,
+    max_vms: usize,
+) -> Result<(Layout, Overlay), Violation> {
+    let proto = if rng.gen_bool(0.5) {
+        LinkProto::Tcp
+    } else {
+        LinkProto::Udp
+    };
     let n = rng.gen_range(hosts);
     let layout = topology::layout(rng, n, 1..=max_vms, proto);
     let star = topology::star(&layout).map_err(sim_error)?;
@@ -152,7 +210,11 @@ fn all_pairs(sim: &mut Sim, rng: &mut ChaCha8Rng, at: SimTime, spread: Duration)
     let macs: Vec<MacAddr> = sim.vms().iter().map(|v| v.mac).collect();
     let mut frames = Vec::new();
     for (i, &a) in macs.iter().enumerate() {
-        let to = macs.iter().copied().filter(|b| *b != a).chain([MacAddr::BROADCAST]);
+        let to = macs
+            .iter()
+            .copied()
+            .filter(|b| *b != a)
+            .chain([MacAddr::BROADCAST]);
         for b in to {
             let t = at + spread.mul_f64(rng.gen::<f64>());
             frames.push(sim.send(VmId(i as u32), b, t));
@@ -175,12 +237,17 @@ impl Run {
             ended: sim.map_or(SimTime::ZERO, Sim::now),
             digest: sim.map(|s| s.trace().digest()).unwrap_or_default(),
             notes,
+            known: Known::default(),
         }
     }
 
     /// A routed overlay: a star, fast paths for about a fifth of the VM pairs, and up to
     /// four relayed routes.
-    fn routed(&self, hosts: std::ops::RangeInclusive<usize>, max_vms: usize) -> Result<(Overlay, Overlay, Routing), Violation> {
+    fn routed(
+        &self,
+        hosts: std::ops::RangeInclusive<usize>,
+        max_vms: usize,
+    ) -> Result<(Overlay, Overlay, Routing), Violation> {
         let mut t = rng(self.seed, Stream::Topology);
         let (_, star) = random_star(&mut t, hosts, max_vms)?;
         let routing = topology::random_routing(&mut t, &star, 0.2, 4);
@@ -190,7 +257,9 @@ impl Run {
 
     fn delivery(&mut self) -> Result<Summary, Violation> {
         let (_, overlay, _) = self.routed(2..=8, 4)?;
-        let sim = self.sim.insert(Sim::new(self.seed, &overlay, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?);
+        let sim = self.sim.insert(
+            Sim::new(self.seed, &overlay, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?,
+        );
         let mut w = rng(self.seed, Stream::Workload);
         let frames = all_pairs(sim, &mut w, SimTime::ZERO, Duration::from_secs(1));
         sim.run_until_idle().map_err(sim_error)?;
@@ -212,7 +281,9 @@ impl Run {
         let horizon = SimTime::ZERO + Duration::from_secs(3);
         let faults = FaultSchedule::random(&mut rng(self.seed, Stream::Faults), &machines, horizon);
         let settled = faults.last_fault_end() + RECOVERY_BOUND;
-        let sim = self.sim.insert(Sim::new(self.seed, &overlay, faults, TraceMode::Full).map_err(sim_error)?);
+        let sim = self
+            .sim
+            .insert(Sim::new(self.seed, &overlay, faults, TraceMode::Full).map_err(sim_error)?);
         let mut w = rng(self.seed, Stream::Workload);
         // Traffic through the faults: each VM sends about 5 frames a second to a random
         // VM, one in ten a broadcast.
@@ -270,8 +341,11 @@ impl Run {
 
     fn loops(&mut self) -> Result<Summary, Violation> {
         let (_, routed, _) = self.routed(3..=8, 3)?;
-        let (overlay, cycle) = topology::with_cycle(&mut rng(self.seed, Stream::Topology), &routed).map_err(sim_error)?;
-        let sim = self.sim.insert(Sim::new(self.seed, &overlay, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?);
+        let (overlay, cycle) =
+            topology::with_cycle(&mut rng(self.seed, Stream::Topology), &routed).map_err(sim_error)?;
+        let sim = self.sim.insert(
+            Sim::new(self.seed, &overlay, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?,
+        );
         let mut w = rng(self.seed, Stream::Workload);
         let ghosts: Vec<FrameId> = (0..sim.vms().len())
             .map(|i| {
@@ -286,12 +360,17 @@ impl Run {
             let src = sim.vms()[sim.ledger().get(**f).map_or(0, |r| r.src.0 as usize)].mac;
             reference.expect(src, GHOST).clean
         }) {
-            return Err(Violation::frame(*f, "the model sees no loop for a frame to the ghost".into()));
+            return Err(Violation::frame(
+                *f,
+                "the model sees no loop for a frame to the ghost".into(),
+            ));
         }
         check::loops(sim, &ghosts)?;
         let judged = check::deliveries(sim, &mut reference, frames.iter().copied())?;
         if judged.exact != frames.len() {
-            return Err(Violation::general(format!("the cycle disturbed other traffic: {judged:?}")));
+            return Err(Violation::general(format!(
+                "the cycle disturbed other traffic: {judged:?}"
+            )));
         }
         let notes = vec![format!(
             "cycle {}: {} frames each crossed {} links and were dropped as hop_limit",
@@ -311,13 +390,17 @@ impl Run {
         let mut notes = Vec::new();
         let mut frames = 0;
         let mut judged = Judged::default();
+        let mut known = Known::default();
         for grouping in [Grouping::Primitives, Grouping::Fleet] {
-            let sim = self.sim.insert(Sim::new(self.seed, &current, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?);
+            let sim = self.sim.insert(
+                Sim::new(self.seed, &current, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?,
+            );
             let shared = Shared::new(sim, &current, &target);
             let done = apply::execute(sim, &current, &target, grouping, |sim, stage| {
-                let (n, j) = shared.probe(sim, stage)?;
-                frames += n;
-                judged.exact += j;
+                let probed = shared.probe(sim, stage, grouping)?;
+                frames += probed.frames;
+                judged.exact += probed.exact;
+                known.add(probed.known);
                 Ok(())
             })?;
             notes.push(format!(
@@ -325,8 +408,17 @@ impl Run {
                 done.primitives, done.steps, done.replaces, done.probes
             ));
         }
-        Ok(self.summary(frames, judged, notes))
+        let mut summary = self.summary(frames, judged, notes);
+        summary.known = known;
+        Ok(summary)
     }
+}
+
+/// What one probe sent and saw.
+struct Probed {
+    frames: usize,
+    exact: usize,
+    known: Known,
 }
 
 /// What both the current and the target overlay provide, frame by frame (source VM and
@@ -337,13 +429,30 @@ struct Shared {
     /// Frames whose route crosses a link the diff replaces (delete, then add again): the
     /// diff's documented cut, so they may be lost, never duplicated or misdelivered.
     replaced: Vec<(VmId, MacAddr)>,
+    /// Rules the diff replaces by one of the same machine and sides (another output).
+    swaps: Vec<Rule>,
 }
 
 impl Shared {
     fn new(sim: &Sim, current: &Overlay, target: &Overlay) -> Shared {
         let mut cur = Reference::new(current, sim);
         let mut tgt = Reference::new(target, sim);
-        let replaced_links: Vec<(String, String)> = lang::diff(current, target)
+        let primitives = lang::diff(current, target);
+        let swaps: Vec<Rule> = primitives
+            .iter()
+            .filter_map(|p| match (&p.item, p.action) {
+                (Item::Rule(r), lang::Action::Delete)
+                    if target
+                        .rules
+                        .iter()
+                        .any(|t| (&t.machine, t.src, t.dst) == (&r.machine, r.src, r.dst)) =>
+                {
+                    Some(r.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let replaced_links: Vec<(String, String)> = primitives
             .iter()
             .filter_map(|p| match (&p.item, p.action) {
                 (Item::Link(l), lang::Action::Delete) if target.links.contains_key(&l.name()) => {
@@ -353,15 +462,22 @@ impl Shared {
             })
             .collect();
         let crosses = |e: &Expectation| {
-            e.links
-                .iter()
-                .any(|(a, b)| replaced_links.iter().any(|(x, y)| (a, b) == (x, y) || (a, b) == (y, x)))
+            e.links.iter().any(|(a, b)| {
+                replaced_links
+                    .iter()
+                    .any(|(x, y)| (a, b) == (x, y) || (a, b) == (y, x))
+            })
         };
         let mut both = BTreeMap::new();
         let mut replaced = Vec::new();
         let macs: Vec<MacAddr> = sim.vms().iter().map(|v| v.mac).collect();
         for (i, &a) in macs.iter().enumerate() {
-            for b in macs.iter().copied().filter(|b| *b != a).chain([MacAddr::BROADCAST]) {
+            for b in macs
+                .iter()
+                .copied()
+                .filter(|b| *b != a)
+                .chain([MacAddr::BROADCAST])
+            {
                 let (c, t) = (cur.expect(a, b).clone(), tgt.expect(a, b));
                 if c.clean && t.clean && c.receivers == t.receivers {
                     if crosses(&c) || crosses(t) {
@@ -371,33 +487,67 @@ impl Shared {
                 }
             }
         }
-        Shared { both, replaced }
+        Shared {
+            both,
+            replaced,
+            swaps,
+        }
     }
 
     /// Sends a frame between every pair of VMs and a broadcast from each, and checks
     /// them: exactly what both overlays provide (at most that across a replaced link),
-    /// and, once the daemons run a whole overlay, what its model says. Returns the frames
-    /// sent and how many were held to exact delivery.
-    fn probe(&self, sim: &mut Sim, stage: &Stage<'_>) -> Result<(usize, usize), Violation> {
+    /// and, once the daemons run a whole overlay, what its model says. The known issues
+    /// ([`Known`]) are counted instead: a second copy of a frame whose pair has a rule
+    /// being replaced, and, between the replaces of one `vnet apply` step, a lost frame.
+    fn probe(&self, sim: &mut Sim, stage: &Stage<'_>, grouping: Grouping) -> Result<Probed, Violation> {
         let at = sim.now();
         let mut w = rng(sim.seed(), Stream::Workload);
         let frames = all_pairs(sim, &mut w, at, Duration::ZERO);
         sim.run_until_idle().map_err(sim_error)?;
         let mut model = stage.overlay.map(|o| Reference::new(o, sim));
-        let mut exact = 0;
-        let fail = |id: FrameId, what: String| Violation::frame(id, format!("{what}\n  {}", stage.describe()));
+        let mut probed = Probed {
+            frames: frames.len(),
+            exact: 0,
+            known: Known::default(),
+        };
+        let fail =
+            |id: FrameId, what: String| Violation::frame(id, format!("{what}\n  {}", stage.describe()));
+        let example = |kind: &str, id: FrameId| {
+            format!(
+                "{kind}: seed {}, {grouping:?}, {id}, {}",
+                sim.seed(),
+                stage.describe()
+            )
+        };
         for &id in &frames {
             let Some(r) = sim.ledger().get(id) else { continue };
             let got = check::copies(r);
+            let src = sim.vms()[r.src.0 as usize].mac;
             let name = |v: &VmId| sim.vms()[v.0 as usize].iface.clone();
             if r.deliveries.iter().any(|d| d.vm.is_none()) || got.contains_key(&r.src) {
                 return Err(fail(id, "reached an interface with no VM, or its sender".into()));
             }
+            // Each machine that fires the old and the new rule of the pair doubles the copies.
+            let swapping = self
+                .swaps
+                .iter()
+                .filter(|s| s.src.matches(src) && s.dst.matches(r.dst))
+                .count();
+            let swap_bound = 1usize.checked_shl(swapping.min(16) as u32).unwrap_or(usize::MAX);
+            let mid_step = grouping == Grouping::Fleet && stage.overlay.is_none();
+            let (mut duplicated, mut disordered) = (false, false);
             if let Some(want) = self.both.get(&(r.src, r.dst)) {
                 let across_replaced = self.replaced.contains(&(r.src, r.dst));
-                for (v, n) in &got {
+                for (v, &n) in &got {
                     let w = want.receivers.get(v).copied().unwrap_or(0);
-                    if *n > w {
+                    if n <= w {
+                        continue;
+                    }
+                    if swapping > 0 && n <= swap_bound * w {
+                        duplicated = true;
+                    } else if mid_step && n <= usize::from(DEFAULT_HOP_LIMIT) * swap_bound * w {
+                        disordered = true;
+                    } else {
                         return Err(fail(
                             id,
                             format!(
@@ -408,19 +558,44 @@ impl Shared {
                         ));
                     }
                 }
-                if !across_replaced && got != want.receivers {
-                    return Err(fail(
-                        id,
-                        format!(
-                            "the apply cut it: it reached {:?} (by VM), both overlays deliver it to {:?}\n{}",
-                            got, want.receivers, want.route
-                        ),
-                    ));
+                let short = want
+                    .receivers
+                    .iter()
+                    .any(|(v, w)| got.get(v).copied().unwrap_or(0) < *w);
+                if short && !across_replaced {
+                    if !mid_step {
+                        return Err(fail(
+                            id,
+                            format!(
+                                "the apply cut it: it reached {:?} (by VM), both overlays deliver it to {:?}\n{}",
+                                got, want.receivers, want.route
+                            ),
+                        ));
+                    }
+                    disordered = true;
                 }
-                exact += usize::from(!across_replaced);
+                probed.exact += usize::from(!across_replaced && !duplicated && !disordered);
+            }
+            let kind = if disordered {
+                Some((
+                    &mut probed.known.disordered_between_replaces,
+                    "lost or repeated between replaces",
+                ))
+            } else if duplicated {
+                Some((
+                    &mut probed.known.duplicated_while_replacing,
+                    "duplicated while replacing",
+                ))
+            } else {
+                None
+            };
+            if let Some((count, what)) = kind {
+                if *count == 0 {
+                    probed.known.examples.push(example(what, id));
+                }
+                *count += 1;
             }
             if let Some(m) = model.as_mut() {
-                let src = sim.vms()[r.src.0 as usize].mac;
                 let e = m.expect(src, r.dst);
                 if e.clean && got != e.receivers {
                     return Err(fail(
@@ -433,6 +608,6 @@ impl Shared {
                 }
             }
         }
-        Ok((frames.len(), exact))
+        Ok(probed)
     }
 }

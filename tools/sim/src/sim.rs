@@ -79,6 +79,9 @@ struct SimHost {
     daemon: Option<SimDaemon>,
     /// What the daemon wrote to its state file last: the topology it restarts with.
     state_file: Topology,
+    /// Crashes not yet followed by their restart: overlapping crash windows are one
+    /// outage, from the first crash to the last restart.
+    outages: u32,
 }
 
 /// The simulation (module docs).
@@ -105,14 +108,21 @@ impl Sim {
     /// i-th), each daemon configured with its part of the overlay as `vnet apply` would
     /// compile it, a VM behind every interface with a MAC, and `faults` scheduled. The
     /// seed drives the underlay's draws.
-    pub fn new(seed: u64, overlay: &Overlay, faults: FaultSchedule, mode: TraceMode) -> Result<Sim, SimError> {
+    pub fn new(
+        seed: u64,
+        overlay: &Overlay,
+        faults: FaultSchedule,
+        mode: TraceMode,
+    ) -> Result<Sim, SimError> {
         let mut machines: Vec<&lang::Host> = overlay.hosts.values().collect();
         machines.sort_by(|a, b| natural_cmp(&a.machine, &b.machine));
         let compiled = lang::compile(overlay)?;
         let mut hosts = Vec::with_capacity(machines.len());
         let mut host_by_ip = BTreeMap::new();
         for (i, h) in machines.iter().enumerate() {
-            let ip = h.listen_ip().ok_or_else(|| SimError::NoAddress(h.machine.clone()))?;
+            let ip = h
+                .listen_ip()
+                .ok_or_else(|| SimError::NoAddress(h.machine.clone()))?;
             if let Some(other) = host_by_ip.insert(ip, HostId(i as u32)) {
                 let other = machines[other.0 as usize].machine.clone();
                 return Err(SimError::SharedAddress(other, h.machine.clone()));
@@ -127,6 +137,7 @@ impl Sim {
                 addr: SocketAddr::new(ip, h.port),
                 state_file: daemon.topology().clone(),
                 daemon: Some(daemon),
+                outages: 0,
             });
         }
         let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
@@ -138,11 +149,14 @@ impl Sim {
                 .ok_or_else(|| SimError::UnknownHost(m.to_string()))
         };
         let mut ifaces: Vec<&lang::Iface> = overlay.ifaces.values().filter(|i| i.mac.is_some()).collect();
-        ifaces.sort_by(|a, b| natural_cmp(&a.name, &b.name).then_with(|| natural_cmp(&a.machine, &b.machine)));
+        ifaces
+            .sort_by(|a, b| natural_cmp(&a.name, &b.name).then_with(|| natural_cmp(&a.machine, &b.machine)));
         let mut vms = Vec::with_capacity(ifaces.len());
         let mut vm_at = vec![BTreeMap::new(); hosts.len()];
         for i in ifaces {
-            let (Some(mac), host) = (i.mac, id_of(&i.machine)?) else { continue };
+            let (Some(mac), host) = (i.mac, id_of(&i.machine)?) else {
+                continue;
+            };
             vm_at[host.0 as usize].insert(i.name.clone(), VmId(vms.len() as u32));
             vms.push(Vm {
                 iface: i.name.clone(),
@@ -215,7 +229,10 @@ impl Sim {
 
     /// The id of machine `name`.
     pub fn host_id(&self, name: &str) -> Option<HostId> {
-        self.names.iter().position(|n| n == name).map(|i| HostId(i as u32))
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| HostId(i as u32))
     }
 
     /// The VMs, by id.
@@ -270,14 +287,20 @@ impl Sim {
     /// Gives machine `name`'s daemon a new topology (`ConfigReplace`); it writes it to its
     /// state file, and links follow.
     pub fn configure(&mut self, name: &str, topology: Topology) -> Result<(), SimError> {
-        let id = self.host_id(name).ok_or_else(|| SimError::UnknownHost(name.to_string()))?;
+        let id = self
+            .host_id(name)
+            .ok_or_else(|| SimError::UnknownHost(name.to_string()))?;
         let host = &mut self.hosts[id.0 as usize];
-        let daemon = host.daemon.as_mut().ok_or_else(|| SimError::HostDown(name.to_string()))?;
+        let daemon = host
+            .daemon
+            .as_mut()
+            .ok_or_else(|| SimError::HostDown(name.to_string()))?;
         daemon
             .configure(topology)
             .map_err(|e| SimError::Configure(name.to_string(), e))?;
         host.state_file = daemon.topology().clone();
-        self.trace.push(self.clock.now(), TraceEvent::Configured { host: id });
+        self.trace
+            .push(self.clock.now(), TraceEvent::Configured { host: id });
         self.refresh_links();
         Ok(())
     }
@@ -310,23 +333,30 @@ impl Sim {
             Event::VmSends(frame) => self.vm_sends(frame),
             Event::Arrives { host, from, datagram } => self.arrives(host, from, &datagram),
             Event::Crash(host) => {
-                self.hosts[host.0 as usize].daemon = None;
-                self.trace.push(at, TraceEvent::Crash { host });
-                self.refresh_links();
+                let h = &mut self.hosts[host.0 as usize];
+                h.outages += 1;
+                if h.daemon.take().is_some() {
+                    self.trace.push(at, TraceEvent::Crash { host });
+                    self.refresh_links();
+                }
             }
             Event::Restart(host) => {
                 let h = &mut self.hosts[host.0 as usize];
-                let mut daemon = SimDaemon::new(&h.name);
-                daemon
-                    .configure(h.state_file.clone())
-                    .map_err(|e| SimError::Configure(h.name.clone(), e))?;
-                h.daemon = Some(daemon);
-                self.trace.push(at, TraceEvent::Restart { host });
-                self.refresh_links();
+                h.outages = h.outages.saturating_sub(1);
+                if h.outages == 0 && h.daemon.is_none() {
+                    let mut daemon = SimDaemon::new(&h.name);
+                    daemon
+                        .configure(h.state_file.clone())
+                        .map_err(|e| SimError::Configure(h.name.clone(), e))?;
+                    h.daemon = Some(daemon);
+                    self.trace.push(at, TraceEvent::Restart { host });
+                    self.refresh_links();
+                }
             }
             Event::PartitionStarts(i) => {
                 self.underlay.set_partition(i, true);
-                self.trace.push(at, TraceEvent::PartitionStarts { index: i as u32 });
+                self.trace
+                    .push(at, TraceEvent::PartitionStarts { index: i as u32 });
                 self.refresh_links();
             }
             Event::PartitionEnds(i) => {
@@ -340,7 +370,9 @@ impl Sim {
 
     fn vm_sends(&mut self, frame: FrameId) {
         let now = self.clock.now();
-        let Some(record) = self.ledger.get(frame) else { return };
+        let Some(record) = self.ledger.get(frame) else {
+            return;
+        };
         let (src, dst) = (record.src, record.dst);
         let vm = &self.vms[src.0 as usize];
         let bytes = vm::frame(vm.mac, dst, frame);
@@ -367,7 +399,8 @@ impl Sim {
         match self.hosts[host.0 as usize].daemon.as_mut() {
             Some(d) => d.datagram_from_underlay(from_addr, datagram),
             None => {
-                self.trace.push(self.clock.now(), TraceEvent::HostDown { frame, host });
+                self.trace
+                    .push(self.clock.now(), TraceEvent::HostDown { frame, host });
                 if let Some(r) = frame.and_then(|f| self.ledger.get_mut(f)) {
                     r.host_down += 1;
                 }
@@ -379,13 +412,18 @@ impl Sim {
     /// Carries out everything `host`'s daemon produced; `input` is the frame it was fed.
     fn drain(&mut self, host: HostId, input: Option<FrameId>) {
         let now = self.clock.now();
-        while let Some(out) = self.hosts[host.0 as usize].daemon.as_mut().and_then(SimDaemon::poll_output) {
+        while let Some(out) = self.hosts[host.0 as usize]
+            .daemon
+            .as_mut()
+            .and_then(SimDaemon::poll_output)
+        {
             match out {
                 DaemonOutput::Transmit { to, datagram } => self.transmit(host, to, datagram),
                 DaemonOutput::ToVm { iface, frame } => {
                     let vm = self.vm_at(host, &iface);
                     let id = vm::frame_id(&frame);
-                    self.trace.push(now, TraceEvent::Delivered { frame: id, host, vm });
+                    self.trace
+                        .push(now, TraceEvent::Delivered { frame: id, host, vm });
                     if let Some(r) = id.and_then(|f| self.ledger.get_mut(f)) {
                         r.deliveries.push(Delivery { host, vm, at: now });
                     }
@@ -414,7 +452,14 @@ impl Sim {
         let record = frame.and_then(|f| self.ledger.get_mut(f));
         let Some(&to) = self.host_by_ip.get(&to.ip()) else {
             // No host has the address: the underlay has nowhere to take it.
-            self.trace.push(now, TraceEvent::Lost { frame, from, to: from });
+            self.trace.push(
+                now,
+                TraceEvent::Lost {
+                    frame,
+                    from,
+                    to: from,
+                },
+            );
             if let Some(r) = record {
                 r.lost += 1;
             }
@@ -425,7 +470,15 @@ impl Sim {
             r.transmissions += 1;
             r.min_hop_limit = Some(r.min_hop_limit.map_or(hops, |m| m.min(hops)));
         }
-        self.trace.push(now, TraceEvent::Transmit { frame, from, to, hops });
+        self.trace.push(
+            now,
+            TraceEvent::Transmit {
+                frame,
+                from,
+                to,
+                hops,
+            },
+        );
         let fate = self.underlay.send(from, to, now);
         let record = frame.and_then(|f| self.ledger.get_mut(f));
         match fate {
@@ -456,7 +509,14 @@ impl Sim {
                         },
                     );
                 }
-                self.queue.push(at, Event::Arrives { host: to, from, datagram });
+                self.queue.push(
+                    at,
+                    Event::Arrives {
+                        host: to,
+                        from,
+                        datagram,
+                    },
+                );
             }
         }
     }
@@ -483,7 +543,14 @@ impl Sim {
                         }
                     }
                     let (dialer, waiter) = (ends.dialer, ends.waiter);
-                    self.trace.push(now, TraceEvent::LinkDown { dialer, waiter, session });
+                    self.trace.push(
+                        now,
+                        TraceEvent::LinkDown {
+                            dialer,
+                            waiter,
+                            session,
+                        },
+                    );
                 }
                 LinkChange::Up { name, ends, session } => {
                     let (dialer, waiter) = (ends.dialer, ends.waiter);
@@ -493,7 +560,14 @@ impl Sim {
                             d.link_up(&name, peer, session);
                         }
                     }
-                    self.trace.push(now, TraceEvent::LinkUp { dialer, waiter, session });
+                    self.trace.push(
+                        now,
+                        TraceEvent::LinkUp {
+                            dialer,
+                            waiter,
+                            session,
+                        },
+                    );
                 }
             }
         }
@@ -505,7 +579,11 @@ impl Sim {
         let line = |r: &trace::Record| format!("    {}\n", trace::render(r, &self.names, &self.vms));
         let mut out = String::new();
         if let Some(f) = frame {
-            let mine: Vec<&trace::Record> = self.trace.records().filter(|r| r.event.frame() == Some(f)).collect();
+            let mine: Vec<&trace::Record> = self
+                .trace
+                .records()
+                .filter(|r| r.event.frame() == Some(f))
+                .collect();
             out += &format!("  events of {f}:\n");
             for r in &mine[mine.len().saturating_sub(tail.max(64))..] {
                 out += &line(r);
@@ -517,5 +595,82 @@ impl Sim {
             out += &line(r);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::faults::Crash;
+    use crate::topology;
+
+    fn star(hosts: usize) -> Overlay {
+        let mut r = rng(1, Stream::Topology);
+        topology::star(&topology::layout(&mut r, hosts, 1..=1, lang::LinkProto::Udp)).unwrap()
+    }
+
+    fn ms(n: u64) -> SimTime {
+        SimTime::ZERO + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn overlapping_crashes_are_one_outage_and_the_restart_brings_links_back() {
+        let mut faults = FaultSchedule::calm();
+        for (at, restart) in [(100, 500), (200, 300)] {
+            faults.crashes.push(Crash {
+                host: "h1".into(),
+                at: ms(at),
+                restart: ms(restart),
+            });
+        }
+        let mut sim = Sim::new(1, &star(2), faults, TraceMode::Full).unwrap();
+        let session = sim.link_session("h0-h1");
+        assert!(session.is_some());
+        for (t, up) in [(150, false), (400, false), (600, true)] {
+            sim.run_until(ms(t)).unwrap();
+            assert_eq!(sim.daemon("h1").is_some(), up, "at {t} ms");
+            let ends = ["h0", "h1"].map(|m| sim.daemon(m).and_then(|d| d.link_session("h0-h1")));
+            let s = sim.link_session("h0-h1");
+            assert_eq!(s.is_some(), up);
+            assert_eq!(ends, [s, if up { s } else { None }], "at {t} ms");
+        }
+        assert_ne!(
+            sim.link_session("h0-h1"),
+            session,
+            "a new session after the restart"
+        );
+    }
+
+    #[test]
+    fn a_daemon_restarts_with_the_topology_it_last_had() {
+        let o = star(3);
+        let mut faults = FaultSchedule::calm();
+        faults.crashes.push(Crash {
+            host: "h2".into(),
+            at: ms(10),
+            restart: ms(20),
+        });
+        let mut sim = Sim::new(1, &o, faults, TraceMode::Full).unwrap();
+        let mut t = sim.daemon("h2").unwrap().topology().clone();
+        t.rules.pop();
+        sim.configure("h2", t).unwrap();
+        let configured = sim.daemon("h2").unwrap().topology().clone();
+        // A frame into a crashed daemon goes nowhere and is counted as such.
+        let vm = sim
+            .vms()
+            .iter()
+            .position(|v| sim.host_names()[v.host.0 as usize] == "h2")
+            .unwrap();
+        let lost = sim.send(VmId(vm as u32), MacAddr::BROADCAST, ms(15));
+        sim.run_until_idle().unwrap();
+        assert_eq!(sim.daemon("h2").unwrap().topology(), &configured);
+        let r = sim.ledger().get(lost).unwrap();
+        assert_eq!((r.host_down, r.deliveries.len()), (1, 0));
+        assert!(matches!(
+            sim.configure("h9", Topology::default()),
+            Err(SimError::UnknownHost(_))
+        ));
     }
 }

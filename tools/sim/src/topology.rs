@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 
-use lang::ast::{natural_cmp, Host, Iface, IfaceKind};
-use lang::generate::{fast_paths, generate, GenerateError, Layout, Shape};
-use lang::{Item, Link, LinkProto, ModelError, Overlay, Rule, Target};
+use lang::ast::{Host, Iface, IfaceKind};
+use lang::generate::{dialing_link, fast_paths, generate, GenerateError, Layout, Shape};
+use lang::{Item, LinkProto, ModelError, Overlay, Rule, Target};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -71,7 +71,12 @@ pub fn vm_iface(j: usize, machine: &str) -> Iface {
 }
 
 /// `hosts` hosts, each with a number of VMs drawn from `vms_per_host`, linked by `proto`.
-pub fn layout(rng: &mut ChaCha8Rng, hosts: usize, vms_per_host: RangeInclusive<usize>, proto: LinkProto) -> Layout {
+pub fn layout(
+    rng: &mut ChaCha8Rng,
+    hosts: usize,
+    vms_per_host: RangeInclusive<usize>,
+    proto: LinkProto,
+) -> Layout {
     let mut vms = Vec::new();
     for h in 0..hosts {
         for _ in 0..rng.gen_range(vms_per_host.clone()) {
@@ -151,7 +156,11 @@ pub fn random_routing(rng: &mut ChaCha8Rng, o: &Overlay, fast: f64, relayed: usi
     let mut routing = Routing {
         fast,
         relayed: BTreeMap::new(),
-        proto: if rng.gen_bool(0.5) { LinkProto::Udp } else { LinkProto::Tcp },
+        proto: if rng.gen_bool(0.5) {
+            LinkProto::Udp
+        } else {
+            LinkProto::Tcp
+        },
     };
     if o.hosts.len() >= 3 {
         let open: Vec<&(MacAddr, MacAddr)> = pairs.iter().filter(|p| !routing.has_fast(p)).collect();
@@ -176,7 +185,8 @@ impl Routing {
     pub fn retarget(&self, rng: &mut ChaCha8Rng, o: &Overlay) -> Routing {
         let at = placement(o);
         let pairs = remote_pairs(o);
-        let mut fast: Vec<(MacAddr, MacAddr)> = self.fast.iter().filter(|_| rng.gen_bool(0.5)).copied().collect();
+        let mut fast: Vec<(MacAddr, MacAddr)> =
+            self.fast.iter().filter(|_| rng.gen_bool(0.5)).copied().collect();
         for &(a, b) in pairs.iter().filter(|(a, b)| a < b) {
             if !fast.contains(&(a, b)) && !self.has_fast(&(a, b)) && rng.gen_bool(0.1) {
                 fast.push((a, b));
@@ -201,9 +211,10 @@ impl Routing {
                     next.relayed.insert((a, b), path.clone());
                 }
                 1 if o.hosts.len() >= 4 => {
-                    let moved = std::iter::repeat_with(|| relay_path(rng, o, &path[0], &path[path.len() - 1]))
-                        .take(8)
-                        .find(|p| p != path);
+                    let moved =
+                        std::iter::repeat_with(|| relay_path(rng, o, &path[0], &path[path.len() - 1]))
+                            .take(8)
+                            .find(|p| p != path);
                     if let Some(p) = moved {
                         next.relayed.insert((a, b), p);
                     }
@@ -214,7 +225,9 @@ impl Routing {
         if o.hosts.len() >= 3 {
             let open: Vec<&(MacAddr, MacAddr)> = pairs
                 .iter()
-                .filter(|p| !next.has_fast(p) && !next.relayed.contains_key(p) && !self.relayed.contains_key(p))
+                .filter(|p| {
+                    !next.has_fast(p) && !next.relayed.contains_key(p) && !self.relayed.contains_key(p)
+                })
                 .collect();
             for &&(a, b) in open.choose_multiple(rng, 2) {
                 let path = relay_path(rng, o, &at[&a].0, &at[&b].0);
@@ -249,21 +262,6 @@ impl Routing {
             }
         }
         Ok(o)
-    }
-}
-
-/// A link between `a` and `b` dialed by the later in natural order, as the lab and the
-/// generators make them.
-fn dialing_link(a: &str, b: &str, proto: LinkProto) -> Link {
-    let (peer, owner) = if natural_cmp(a, b).is_lt() { (a, b) } else { (b, a) };
-    Link {
-        owner: owner.to_string(),
-        peer: peer.to_string(),
-        proto,
-        port: None,
-        key: None,
-        reserve: None,
-        encrypt: false,
     }
 }
 
@@ -319,7 +317,11 @@ mod tests {
                 for &a in &macs {
                     for &b in macs.iter().filter(|b| **b != a) {
                         let route = lang::route::trace(ov, a, b, None).unwrap();
-                        assert!(!route.has_problems() && route.deliveries() == 1, "{}", lang::route::render(&route));
+                        assert!(
+                            !route.has_problems() && route.deliveries() == 1,
+                            "{}",
+                            lang::route::render(&route)
+                        );
                     }
                 }
             }
@@ -333,7 +335,10 @@ mod tests {
         assert!(cycle.len() >= 3 && cycle[0] == PROXY);
         let vm = o.ifaces.values().next().and_then(|i| i.mac).unwrap();
         let route = lang::route::trace(&bad, vm, GHOST, None).unwrap();
-        assert!(route.outcomes.iter().any(|o| matches!(o, lang::route::Outcome::Loop { .. })));
+        assert!(route
+            .outcomes
+            .iter()
+            .any(|o| matches!(o, lang::route::Outcome::Loop { .. })));
         assert!(with_cycle(&mut rng(1, Stream::Topology), &base(1, 2)).is_err());
     }
 }

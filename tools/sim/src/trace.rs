@@ -158,22 +158,38 @@ impl TraceEvent {
         match self {
             TraceEvent::Sent { frame, vm } => (0, [frame.0, u64::from(vm.0), 0, 0]),
             TraceEvent::NotAttached { frame, vm } => (1, [frame.0, u64::from(vm.0), 0, 0]),
-            TraceEvent::Transmit { frame, from, to, hops } => {
-                (2, [frame_word(*frame), h(from), h(to), u64::from(*hops)])
-            }
+            TraceEvent::Transmit {
+                frame,
+                from,
+                to,
+                hops,
+            } => (2, [frame_word(*frame), h(from), h(to), u64::from(*hops)]),
             TraceEvent::Lost { frame, from, to } => (3, [frame_word(*frame), h(from), h(to), 0]),
             TraceEvent::Duplicated { frame, from, to } => (4, [frame_word(*frame), h(from), h(to), 0]),
             TraceEvent::Cut { frame, from, to } => (5, [frame_word(*frame), h(from), h(to), 0]),
             TraceEvent::HostDown { frame, host } => (6, [frame_word(*frame), h(host), 0, 0]),
             TraceEvent::Delivered { frame, host, vm } => (
                 7,
-                [frame_word(*frame), h(host), vm.map_or(NONE, |v| u64::from(v.0)), 0],
+                [
+                    frame_word(*frame),
+                    h(host),
+                    vm.map_or(NONE, |v| u64::from(v.0)),
+                    0,
+                ],
             ),
-            TraceEvent::Dropped { frame, host, reason } => (8, [frame_word(*frame), h(host), *reason as u64, 0]),
-            TraceEvent::LinkUp { dialer, waiter, session } => (9, [h(dialer), h(waiter), u64::from(*session), 0]),
-            TraceEvent::LinkDown { dialer, waiter, session } => {
-                (10, [h(dialer), h(waiter), u64::from(*session), 0])
+            TraceEvent::Dropped { frame, host, reason } => {
+                (8, [frame_word(*frame), h(host), *reason as u64, 0])
             }
+            TraceEvent::LinkUp {
+                dialer,
+                waiter,
+                session,
+            } => (9, [h(dialer), h(waiter), u64::from(*session), 0]),
+            TraceEvent::LinkDown {
+                dialer,
+                waiter,
+                session,
+            } => (10, [h(dialer), h(waiter), u64::from(*session), 0]),
             TraceEvent::Crash { host } => (11, [h(host), 0, 0, 0]),
             TraceEvent::Restart { host } => (12, [h(host), 0, 0, 0]),
             TraceEvent::PartitionStarts { index } => (13, [u64::from(*index), 0, 0, 0]),
@@ -280,27 +296,61 @@ pub fn render(r: &Record, hosts: &[String], vms: &[Vm]) -> String {
     let frame = |f: Option<FrameId>| f.map_or("a message".to_string(), |f| f.to_string());
     let what = match r.event {
         TraceEvent::Sent { frame, vm: v } => format!("{} sends {frame}", vm(v)),
-        TraceEvent::NotAttached { frame, vm: v } => format!("{} sends {frame}, but its daemon has no such NIC", vm(v)),
-        TraceEvent::Transmit { frame: f, from, to, hops } => {
-            format!("{} sends {} to {} (hop limit {hops})", host(from), frame(f), host(to))
+        TraceEvent::NotAttached { frame, vm: v } => {
+            format!("{} sends {frame}, but its daemon has no such NIC", vm(v))
         }
-        TraceEvent::Lost { frame: f, from, to } => format!("underlay loses {} {}->{}", frame(f), host(from), host(to)),
+        TraceEvent::Transmit {
+            frame: f,
+            from,
+            to,
+            hops,
+        } => {
+            format!(
+                "{} sends {} to {} (hop limit {hops})",
+                host(from),
+                frame(f),
+                host(to)
+            )
+        }
+        TraceEvent::Lost { frame: f, from, to } => {
+            format!("underlay loses {} {}->{}", frame(f), host(from), host(to))
+        }
         TraceEvent::Duplicated { frame: f, from, to } => {
             format!("underlay duplicates {} {}->{}", frame(f), host(from), host(to))
         }
-        TraceEvent::Cut { frame: f, from, to } => format!("partition drops {} {}->{}", frame(f), host(from), host(to)),
-        TraceEvent::HostDown { frame: f, host: h } => format!("{} reaches {}, whose daemon is down", frame(f), host(h)),
-        TraceEvent::Delivered { frame: f, host: h, vm: v } => match v {
+        TraceEvent::Cut { frame: f, from, to } => {
+            format!("partition drops {} {}->{}", frame(f), host(from), host(to))
+        }
+        TraceEvent::HostDown { frame: f, host: h } => {
+            format!("{} reaches {}, whose daemon is down", frame(f), host(h))
+        }
+        TraceEvent::Delivered {
+            frame: f,
+            host: h,
+            vm: v,
+        } => match v {
             Some(v) => format!("{} delivers {} to {}", host(h), frame(f), vm(v)),
             None => format!("{} delivers {} to an interface with no VM", host(h), frame(f)),
         },
-        TraceEvent::Dropped { frame: f, host: h, reason } => {
+        TraceEvent::Dropped {
+            frame: f,
+            host: h,
+            reason,
+        } => {
             format!("{} drops {} ({})", host(h), frame(f), reason.name())
         }
-        TraceEvent::LinkUp { dialer, waiter, session } => {
+        TraceEvent::LinkUp {
+            dialer,
+            waiter,
+            session,
+        } => {
             format!("link {}-{} up (session {session})", host(dialer), host(waiter))
         }
-        TraceEvent::LinkDown { dialer, waiter, session } => {
+        TraceEvent::LinkDown {
+            dialer,
+            waiter,
+            session,
+        } => {
             format!("link {}-{} down (session {session})", host(dialer), host(waiter))
         }
         TraceEvent::Crash { host: h } => format!("{} crashes", host(h)),

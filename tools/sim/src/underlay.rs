@@ -60,7 +60,12 @@ impl Underlay {
     /// The underlay of `hosts` hosts under `faults`; `members[i]` are the hosts inside
     /// partition `i` (at most [`MAX_PARTITIONS`]; more are ignored). Path parameters are
     /// drawn from `rng` first, then every datagram's fate.
-    pub fn new(hosts: usize, faults: &FaultSchedule, members: &[Vec<HostId>], mut rng: ChaCha8Rng) -> Underlay {
+    pub fn new(
+        hosts: usize,
+        faults: &FaultSchedule,
+        members: &[Vec<HostId>],
+        mut rng: ChaCha8Rng,
+    ) -> Underlay {
         let (lo, hi) = (faults.delay.0.as_nanos() as u64, faults.delay.1.as_nanos() as u64);
         let mut draw = |max: f64| if max > 0.0 { rng.gen::<f64>() * max } else { 0.0 };
         let mut paths = Vec::with_capacity(hosts * hosts);
@@ -100,7 +105,11 @@ impl Underlay {
     pub fn set_partition(&mut self, index: usize, active: bool) {
         if index < MAX_PARTITIONS {
             let bit = 1u64 << index;
-            self.active = if active { self.active | bit } else { self.active & !bit };
+            self.active = if active {
+                self.active | bit
+            } else {
+                self.active & !bit
+            };
         }
     }
 
@@ -119,7 +128,8 @@ impl Underlay {
             return Fate::Lost;
         }
         let at = now + p.delay + self.jitter(p.jitter);
-        let copy = (p.duplicate > 0.0 && self.rng.gen_bool(p.duplicate)).then(|| now + p.delay + self.jitter(p.jitter));
+        let copy = (p.duplicate > 0.0 && self.rng.gen_bool(p.duplicate))
+            .then(|| now + p.delay + self.jitter(p.jitter));
         Fate::Arrives { at, copy }
     }
 
@@ -165,13 +175,20 @@ mod tests {
         let mut faults = FaultSchedule::calm();
         faults.loss = 1.0;
         let mut u = underlay(&faults, &[vec![HostId(2)]]);
-        let lossy = (0..100).filter(|_| u.send(HostId(0), HostId(1), SimTime::ZERO) == Fate::Lost).count();
+        let lossy = (0..100)
+            .filter(|_| u.send(HostId(0), HostId(1), SimTime::ZERO) == Fate::Lost)
+            .count();
         assert!(lossy > 10, "{lossy}");
         faults.loss = 0.0;
         faults.duplicate = 1.0;
         let mut u = underlay(&faults, &[vec![HostId(2)]]);
         let twice = (0..100)
-            .filter(|_| matches!(u.send(HostId(0), HostId(1), SimTime::ZERO), Fate::Arrives { copy: Some(_), .. }))
+            .filter(|_| {
+                matches!(
+                    u.send(HostId(0), HostId(1), SimTime::ZERO),
+                    Fate::Arrives { copy: Some(_), .. }
+                )
+            })
             .count();
         assert!(twice > 10, "{twice}");
         u.set_partition(0, true);
