@@ -88,13 +88,20 @@ impl FaultSchedule {
                 s.partitions.push(Partition { hosts, from, until });
             }
         }
-        for _ in 0..rng.gen_range(0..=2) {
-            let host = match machines.first() {
-                Some(proxy) if rng.gen_bool(0.5) => proxy.clone(),
-                _ => machines.choose(rng).cloned().unwrap_or_default(),
-            };
-            let (at, restart) = span(rng);
-            s.crashes.push(Crash { host, at, restart });
+        if let Some(proxy) = machines.first() {
+            for _ in 0..rng.gen_range(0..=2) {
+                let host = if rng.gen_bool(0.5) {
+                    proxy
+                } else {
+                    machines.choose(rng).unwrap_or(proxy)
+                };
+                let (at, restart) = span(rng);
+                s.crashes.push(Crash {
+                    host: host.clone(),
+                    at,
+                    restart,
+                });
+            }
         }
         s
     }

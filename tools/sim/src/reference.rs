@@ -59,11 +59,6 @@ impl Reference {
         }
     }
 
-    /// The overlay modelled.
-    pub fn overlay(&self) -> &Overlay {
-        &self.overlay
-    }
-
     /// What a frame from the VM with MAC `src` to `dst` does.
     pub fn expect(&mut self, src: MacAddr, dst: MacAddr) -> &Expectation {
         let Reference {

@@ -271,11 +271,6 @@ impl Sim {
         &self.trace
     }
 
-    /// Events still scheduled.
-    pub fn pending(&self) -> usize {
-        self.queue.len()
-    }
-
     /// Schedules VM `from` to send a frame to `dst` at `at` (now, if `at` has passed).
     pub fn send(&mut self, from: VmId, dst: MacAddr, at: SimTime) -> FrameId {
         let at = at.max(self.now());
