@@ -145,7 +145,7 @@ pub fn generate(layout: &Layout, shape: Shape) -> Result<Overlay, GenerateError>
 }
 
 /// A link between `a` and `b` dialed by the later one in natural order, as in the lab.
-fn dialing_link(a: &str, b: &str, proto: LinkProto) -> Link {
+pub fn dialing_link(a: &str, b: &str, proto: LinkProto) -> Link {
     let (peer, owner) = if natural_cmp(a, b).is_lt() { (a, b) } else { (b, a) };
     Link {
         owner: owner.to_string(),

@@ -1,0 +1,671 @@
+//! The simulated world: hosts with their daemons and state files, the VMs on them, the
+//! underlay, the modelled link layer, the event queue and the virtual clock; and the
+//! ledger and trace every run writes.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use lang::ast::natural_cmp;
+use lang::Overlay;
+use vnet_core::config::Topology;
+use vnet_core::mac::MacAddr;
+
+use crate::daemon::{ConfigureError, DaemonOutput, SimDaemon};
+use crate::faults::FaultSchedule;
+use crate::ledger::{Delivery, Ledger};
+use crate::links::{self, HostView, LinkChange, LinkOracle};
+use crate::queue::EventQueue;
+use crate::time::{Clock, SimTime};
+use crate::trace::{self, Trace, TraceEvent, TraceMode};
+use crate::underlay::{Fate, Underlay, MAX_PARTITIONS};
+use crate::vm::{self, FrameId, Vm, VmId};
+use crate::{rng, HostId, Stream};
+
+/// Why a simulation cannot be built or go on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// A host has no underlay address (give its HOST line ADDRESS).
+    #[error("host `{0}` has no address")]
+    NoAddress(String),
+    /// Two hosts share an address.
+    #[error("hosts `{0}` and `{1}` share an address")]
+    SharedAddress(String, String),
+    /// The overlay does not compile to daemon topologies.
+    #[error("the overlay does not compile: {0}")]
+    Compile(#[from] lang::CompileError),
+    /// A daemon refused a topology.
+    #[error("daemon `{0}` refused its topology: {1}")]
+    Configure(String, ConfigureError),
+    /// A machine the caller named is not a host.
+    #[error("no host `{0}`")]
+    UnknownHost(String),
+    /// A daemon to configure does not run.
+    #[error("the daemon of `{0}` does not run")]
+    HostDown(String),
+    /// The schedule has more partitions than the underlay tracks.
+    #[error("at most {MAX_PARTITIONS} partitions")]
+    TooManyPartitions,
+    /// A run did not settle within its event budget.
+    #[error("more than {0} events without settling")]
+    Runaway(u64),
+}
+
+/// Most events one [`Sim::run_until_idle`] processes: far more than any scenario needs,
+/// so only a simulator bug reaches it (every frame's copies are bounded by the hop limit).
+pub const EVENT_BUDGET: u64 = 20_000_000;
+
+#[derive(Debug)]
+enum Event {
+    /// A VM sends the frame of this ledger entry.
+    VmSends(FrameId),
+    /// A datagram reaches `host` from `from`.
+    Arrives {
+        host: HostId,
+        from: HostId,
+        datagram: Vec<u8>,
+    },
+    Crash(HostId),
+    Restart(HostId),
+    PartitionStarts(usize),
+    PartitionEnds(usize),
+}
+
+#[derive(Debug)]
+struct SimHost {
+    name: String,
+    addr: SocketAddr,
+    /// `None` while crashed.
+    daemon: Option<SimDaemon>,
+    /// What the daemon wrote to its state file last: the topology it restarts with.
+    state_file: Topology,
+    /// Crashes not yet followed by their restart: overlapping crash windows are one
+    /// outage, from the first crash to the last restart.
+    outages: u32,
+}
+
+/// The simulation (module docs).
+#[derive(Debug)]
+pub struct Sim {
+    seed: u64,
+    clock: Clock,
+    queue: EventQueue<Event>,
+    underlay: Underlay,
+    hosts: Vec<SimHost>,
+    names: Vec<String>,
+    host_by_ip: BTreeMap<IpAddr, HostId>,
+    vms: Vec<Vm>,
+    /// VMs by interface, per host.
+    vm_at: Vec<BTreeMap<String, VmId>>,
+    oracle: LinkOracle,
+    faults: FaultSchedule,
+    ledger: Ledger,
+    trace: Trace,
+}
+
+impl Sim {
+    /// The hosts of `overlay` (in natural order of machine names: `HostId(i)` is the
+    /// i-th), each daemon configured with its part of the overlay as `vnet apply` would
+    /// compile it, a VM behind every interface with a MAC, and `faults` scheduled. The
+    /// seed drives the underlay's draws.
+    pub fn new(
+        seed: u64,
+        overlay: &Overlay,
+        faults: FaultSchedule,
+        mode: TraceMode,
+    ) -> Result<Sim, SimError> {
+        let mut machines: Vec<&lang::Host> = overlay.hosts.values().collect();
+        machines.sort_by(|a, b| natural_cmp(&a.machine, &b.machine));
+        let compiled = lang::compile(overlay)?;
+        let mut hosts = Vec::with_capacity(machines.len());
+        let mut host_by_ip = BTreeMap::new();
+        for (i, h) in machines.iter().enumerate() {
+            let ip = h
+                .listen_ip()
+                .ok_or_else(|| SimError::NoAddress(h.machine.clone()))?;
+            if let Some(other) = host_by_ip.insert(ip, HostId(i as u32)) {
+                let other = machines[other.0 as usize].machine.clone();
+                return Err(SimError::SharedAddress(other, h.machine.clone()));
+            }
+            let mut daemon = SimDaemon::new(&h.machine);
+            let topology = compiled.get(&h.machine).cloned().unwrap_or_default();
+            daemon
+                .configure(topology)
+                .map_err(|e| SimError::Configure(h.machine.clone(), e))?;
+            hosts.push(SimHost {
+                name: h.machine.clone(),
+                addr: SocketAddr::new(ip, h.port),
+                state_file: daemon.topology().clone(),
+                daemon: Some(daemon),
+                outages: 0,
+            });
+        }
+        let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+        let id_of = |m: &str| {
+            names
+                .iter()
+                .position(|n| n == m)
+                .map(|i| HostId(i as u32))
+                .ok_or_else(|| SimError::UnknownHost(m.to_string()))
+        };
+        let mut ifaces: Vec<&lang::Iface> = overlay.ifaces.values().filter(|i| i.mac.is_some()).collect();
+        ifaces
+            .sort_by(|a, b| natural_cmp(&a.name, &b.name).then_with(|| natural_cmp(&a.machine, &b.machine)));
+        let mut vms = Vec::with_capacity(ifaces.len());
+        let mut vm_at = vec![BTreeMap::new(); hosts.len()];
+        for i in ifaces {
+            let (Some(mac), host) = (i.mac, id_of(&i.machine)?) else {
+                continue;
+            };
+            vm_at[host.0 as usize].insert(i.name.clone(), VmId(vms.len() as u32));
+            vms.push(Vm {
+                iface: i.name.clone(),
+                mac,
+                host,
+            });
+        }
+        if faults.partitions.len() > MAX_PARTITIONS {
+            return Err(SimError::TooManyPartitions);
+        }
+        let members = faults
+            .partitions
+            .iter()
+            .map(|p| p.hosts.iter().map(|m| id_of(m)).collect())
+            .collect::<Result<Vec<Vec<HostId>>, SimError>>()?;
+        let mut queue = EventQueue::default();
+        for (i, p) in faults.partitions.iter().enumerate() {
+            queue.push(p.from, Event::PartitionStarts(i));
+            queue.push(p.until, Event::PartitionEnds(i));
+        }
+        for c in &faults.crashes {
+            let host = id_of(&c.host)?;
+            queue.push(c.at, Event::Crash(host));
+            queue.push(c.restart, Event::Restart(host));
+        }
+        let underlay = Underlay::new(hosts.len(), &faults, &members, rng(seed, Stream::Underlay));
+        let mut sim = Sim {
+            seed,
+            clock: Clock::new(Instant::now()),
+            queue,
+            underlay,
+            hosts,
+            names,
+            host_by_ip,
+            vms,
+            vm_at,
+            oracle: LinkOracle::default(),
+            faults,
+            ledger: Ledger::default(),
+            trace: Trace::new(mode),
+        };
+        sim.refresh_links();
+        Ok(sim)
+    }
+
+    /// The seed the simulation was built with.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The current simulated time.
+    pub fn now(&self) -> SimTime {
+        self.clock.now()
+    }
+
+    /// The current simulated time as an `Instant`, for pure APIs that take `now`.
+    pub fn instant(&self) -> Instant {
+        self.clock.instant(self.clock.now())
+    }
+
+    /// The fault schedule.
+    pub fn faults(&self) -> &FaultSchedule {
+        &self.faults
+    }
+
+    /// Machine names, by host id.
+    pub fn host_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The id of machine `name`.
+    pub fn host_id(&self, name: &str) -> Option<HostId> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| HostId(i as u32))
+    }
+
+    /// The VMs, by id.
+    pub fn vms(&self) -> &[Vm] {
+        &self.vms
+    }
+
+    /// The VM behind interface `iface` of `host`.
+    pub fn vm_at(&self, host: HostId, iface: &str) -> Option<VmId> {
+        self.vm_at.get(host.0 as usize)?.get(iface).copied()
+    }
+
+    /// The daemon of machine `name`, while it runs.
+    pub fn daemon(&self, name: &str) -> Option<&SimDaemon> {
+        self.hosts.get(self.host_id(name)?.0 as usize)?.daemon.as_ref()
+    }
+
+    /// The session of link `name`, while the link layer has it up.
+    pub fn link_session(&self, name: &str) -> Option<u32> {
+        self.oracle.session(name)
+    }
+
+    /// Whether machines `a` and `b` both run and no partition separates them.
+    pub fn joined(&self, a: HostId, b: HostId) -> bool {
+        let runs = |h: HostId| self.hosts.get(h.0 as usize).is_some_and(|h| h.daemon.is_some());
+        runs(a) && runs(b) && self.underlay.reachable(a, b)
+    }
+
+    /// Every frame sent so far and what became of it.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The trace so far.
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    /// Schedules VM `from` to send a frame to `dst` at `at` (now, if `at` has passed).
+    pub fn send(&mut self, from: VmId, dst: MacAddr, at: SimTime) -> FrameId {
+        let at = at.max(self.now());
+        let id = self.ledger.open(from, dst, at);
+        self.queue.push(at, Event::VmSends(id));
+        id
+    }
+
+    /// Gives machine `name`'s daemon a new topology (`ConfigReplace`); it writes it to its
+    /// state file, and links follow.
+    pub fn configure(&mut self, name: &str, topology: Topology) -> Result<(), SimError> {
+        let id = self
+            .host_id(name)
+            .ok_or_else(|| SimError::UnknownHost(name.to_string()))?;
+        let host = &mut self.hosts[id.0 as usize];
+        let daemon = host
+            .daemon
+            .as_mut()
+            .ok_or_else(|| SimError::HostDown(name.to_string()))?;
+        daemon
+            .configure(topology)
+            .map_err(|e| SimError::Configure(name.to_string(), e))?;
+        host.state_file = daemon.topology().clone();
+        self.trace
+            .push(self.clock.now(), TraceEvent::Configured { host: id });
+        self.refresh_links();
+        Ok(())
+    }
+
+    /// Processes every event due by `t`, then moves the clock to `t`.
+    pub fn run_until(&mut self, t: SimTime) -> Result<(), SimError> {
+        while self.queue.next_time().is_some_and(|at| at <= t) {
+            self.step()?;
+        }
+        self.clock.advance_to(t);
+        Ok(())
+    }
+
+    /// Processes events until none is left (at most [`EVENT_BUDGET`]).
+    pub fn run_until_idle(&mut self) -> Result<(), SimError> {
+        let mut budget = EVENT_BUDGET;
+        while !self.queue.is_empty() {
+            budget = budget.checked_sub(1).ok_or(SimError::Runaway(EVENT_BUDGET))?;
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self) -> Result<(), SimError> {
+        let Some((at, event)) = self.queue.pop() else {
+            return Ok(());
+        };
+        self.clock.advance_to(at);
+        match event {
+            Event::VmSends(frame) => self.vm_sends(frame),
+            Event::Arrives { host, from, datagram } => self.arrives(host, from, &datagram),
+            Event::Crash(host) => {
+                let h = &mut self.hosts[host.0 as usize];
+                h.outages += 1;
+                if h.daemon.take().is_some() {
+                    self.trace.push(at, TraceEvent::Crash { host });
+                    self.refresh_links();
+                }
+            }
+            Event::Restart(host) => {
+                let h = &mut self.hosts[host.0 as usize];
+                h.outages = h.outages.saturating_sub(1);
+                if h.outages == 0 && h.daemon.is_none() {
+                    let mut daemon = SimDaemon::new(&h.name);
+                    daemon
+                        .configure(h.state_file.clone())
+                        .map_err(|e| SimError::Configure(h.name.clone(), e))?;
+                    h.daemon = Some(daemon);
+                    self.trace.push(at, TraceEvent::Restart { host });
+                    self.refresh_links();
+                }
+            }
+            Event::PartitionStarts(i) => {
+                self.underlay.set_partition(i, true);
+                self.trace
+                    .push(at, TraceEvent::PartitionStarts { index: i as u32 });
+                self.refresh_links();
+            }
+            Event::PartitionEnds(i) => {
+                self.underlay.set_partition(i, false);
+                self.trace.push(at, TraceEvent::PartitionEnds { index: i as u32 });
+                self.refresh_links();
+            }
+        }
+        Ok(())
+    }
+
+    fn vm_sends(&mut self, frame: FrameId) {
+        let now = self.clock.now();
+        let Some(record) = self.ledger.get(frame) else {
+            return;
+        };
+        let (src, dst) = (record.src, record.dst);
+        let vm = &self.vms[src.0 as usize];
+        let bytes = vm::frame(vm.mac, dst, frame);
+        let host = vm.host;
+        self.trace.push(now, TraceEvent::Sent { frame, vm: src });
+        let entered = match self.hosts[host.0 as usize].daemon.as_mut() {
+            Some(d) => d.frame_from_vm(&vm.iface, &bytes).is_ok(),
+            None => {
+                if let Some(r) = self.ledger.get_mut(frame) {
+                    r.host_down += 1;
+                }
+                false
+            }
+        };
+        if !entered {
+            self.trace.push(now, TraceEvent::NotAttached { frame, vm: src });
+        }
+        self.drain(host, Some(frame));
+    }
+
+    fn arrives(&mut self, host: HostId, from: HostId, datagram: &[u8]) {
+        let frame = vm::datagram_frame(datagram).map(|(f, _)| f);
+        let from_addr = self.hosts[from.0 as usize].addr;
+        match self.hosts[host.0 as usize].daemon.as_mut() {
+            Some(d) => d.datagram_from_underlay(from_addr, datagram),
+            None => {
+                self.trace
+                    .push(self.clock.now(), TraceEvent::HostDown { frame, host });
+                if let Some(r) = frame.and_then(|f| self.ledger.get_mut(f)) {
+                    r.host_down += 1;
+                }
+            }
+        }
+        self.drain(host, frame);
+    }
+
+    /// Carries out everything `host`'s daemon produced; `input` is the frame it was fed.
+    fn drain(&mut self, host: HostId, input: Option<FrameId>) {
+        let now = self.clock.now();
+        while let Some(out) = self.hosts[host.0 as usize]
+            .daemon
+            .as_mut()
+            .and_then(SimDaemon::poll_output)
+        {
+            match out {
+                DaemonOutput::Transmit { to, datagram } => self.transmit(host, to, datagram),
+                DaemonOutput::ToVm { iface, frame } => {
+                    let vm = self.vm_at(host, &iface);
+                    let id = vm::frame_id(&frame);
+                    self.trace
+                        .push(now, TraceEvent::Delivered { frame: id, host, vm });
+                    if let Some(r) = id.and_then(|f| self.ledger.get_mut(f)) {
+                        r.deliveries.push(Delivery { host, vm, at: now });
+                    }
+                }
+                DaemonOutput::Dropped(reason) => {
+                    self.trace.push(
+                        now,
+                        TraceEvent::Dropped {
+                            frame: input,
+                            host,
+                            reason,
+                        },
+                    );
+                    if let Some(r) = input.and_then(|f| self.ledger.get_mut(f)) {
+                        r.drops.push((host, reason));
+                    }
+                }
+            }
+        }
+    }
+
+    fn transmit(&mut self, from: HostId, to: SocketAddr, datagram: Vec<u8>) {
+        let now = self.clock.now();
+        let carried = vm::datagram_frame(&datagram);
+        let frame = carried.map(|(f, _)| f);
+        let record = frame.and_then(|f| self.ledger.get_mut(f));
+        let Some(&to) = self.host_by_ip.get(&to.ip()) else {
+            // No host has the address: the underlay has nowhere to take it.
+            self.trace.push(
+                now,
+                TraceEvent::Lost {
+                    frame,
+                    from,
+                    to: from,
+                },
+            );
+            if let Some(r) = record {
+                r.lost += 1;
+            }
+            return;
+        };
+        let hops = carried.map_or(0, |(_, h)| h);
+        if let Some(r) = record {
+            r.transmissions += 1;
+            r.min_hop_limit = Some(r.min_hop_limit.map_or(hops, |m| m.min(hops)));
+        }
+        self.trace.push(
+            now,
+            TraceEvent::Transmit {
+                frame,
+                from,
+                to,
+                hops,
+            },
+        );
+        let fate = self.underlay.send(from, to, now);
+        let record = frame.and_then(|f| self.ledger.get_mut(f));
+        match fate {
+            Fate::Cut => {
+                self.trace.push(now, TraceEvent::Cut { frame, from, to });
+                if let Some(r) = record {
+                    r.cut += 1;
+                }
+            }
+            Fate::Lost => {
+                self.trace.push(now, TraceEvent::Lost { frame, from, to });
+                if let Some(r) = record {
+                    r.lost += 1;
+                }
+            }
+            Fate::Arrives { at, copy } => {
+                if let Some(copy) = copy {
+                    self.trace.push(now, TraceEvent::Duplicated { frame, from, to });
+                    if let Some(r) = record {
+                        r.duplicated += 1;
+                    }
+                    self.queue.push(
+                        copy,
+                        Event::Arrives {
+                            host: to,
+                            from,
+                            datagram: datagram.clone(),
+                        },
+                    );
+                }
+                self.queue.push(
+                    at,
+                    Event::Arrives {
+                        host: to,
+                        from,
+                        datagram,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Brings the modelled links in line with who runs, what they declare and the
+    /// partitions in force (see [`crate::links`]: the part to be replaced).
+    fn refresh_links(&mut self) {
+        let views: Vec<HostView<'_>> = self
+            .hosts
+            .iter()
+            .map(|h| HostView {
+                topology: h.daemon.as_ref().map(SimDaemon::topology),
+                ip: h.addr.ip(),
+            })
+            .collect();
+        let wanted = links::wanted(&views, |a, b| self.underlay.reachable(a, b));
+        let now = self.clock.now();
+        for change in self.oracle.update(wanted) {
+            match change {
+                LinkChange::Down { name, ends, session } => {
+                    for end in [ends.dialer, ends.waiter] {
+                        if let Some(d) = self.hosts[end.0 as usize].daemon.as_mut() {
+                            d.link_down(&name);
+                        }
+                    }
+                    let (dialer, waiter) = (ends.dialer, ends.waiter);
+                    self.trace.push(
+                        now,
+                        TraceEvent::LinkDown {
+                            dialer,
+                            waiter,
+                            session,
+                        },
+                    );
+                }
+                LinkChange::Up { name, ends, session } => {
+                    let (dialer, waiter) = (ends.dialer, ends.waiter);
+                    for (end, peer) in [(dialer, waiter), (waiter, dialer)] {
+                        let peer = self.hosts[peer.0 as usize].addr;
+                        if let Some(d) = self.hosts[end.0 as usize].daemon.as_mut() {
+                            d.link_up(&name, peer, session);
+                        }
+                    }
+                    self.trace.push(
+                        now,
+                        TraceEvent::LinkUp {
+                            dialer,
+                            waiter,
+                            session,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The kept trace as text: the events of `frame` (all of them, or the `tail` last),
+    /// then the last `tail` events of the run.
+    pub fn render_trace(&self, frame: Option<FrameId>, tail: usize) -> String {
+        let line = |r: &trace::Record| format!("    {}\n", trace::render(r, &self.names, &self.vms));
+        let mut out = String::new();
+        if let Some(f) = frame {
+            let mine: Vec<&trace::Record> = self
+                .trace
+                .records()
+                .filter(|r| r.event.frame() == Some(f))
+                .collect();
+            out += &format!("  events of {f}:\n");
+            for r in &mine[mine.len().saturating_sub(tail.max(64))..] {
+                out += &line(r);
+            }
+        }
+        let all: Vec<&trace::Record> = self.trace.records().collect();
+        out += &format!("  last {} of {} events:\n", tail.min(all.len()), self.trace.len());
+        for r in &all[all.len().saturating_sub(tail)..] {
+            out += &line(r);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::faults::Crash;
+    use crate::topology;
+
+    fn star(hosts: usize) -> Overlay {
+        let mut r = rng(1, Stream::Topology);
+        topology::star(&topology::layout(&mut r, hosts, 1..=1, lang::LinkProto::Udp)).unwrap()
+    }
+
+    fn ms(n: u64) -> SimTime {
+        SimTime::ZERO + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn overlapping_crashes_are_one_outage_and_the_restart_brings_links_back() {
+        let mut faults = FaultSchedule::calm();
+        for (at, restart) in [(100, 500), (200, 300)] {
+            faults.crashes.push(Crash {
+                host: "h1".into(),
+                at: ms(at),
+                restart: ms(restart),
+            });
+        }
+        let mut sim = Sim::new(1, &star(2), faults, TraceMode::Full).unwrap();
+        let session = sim.link_session("h0-h1");
+        assert!(session.is_some());
+        for (t, up) in [(150, false), (400, false), (600, true)] {
+            sim.run_until(ms(t)).unwrap();
+            assert_eq!(sim.daemon("h1").is_some(), up, "at {t} ms");
+            let ends = ["h0", "h1"].map(|m| sim.daemon(m).and_then(|d| d.link_session("h0-h1")));
+            let s = sim.link_session("h0-h1");
+            assert_eq!(s.is_some(), up);
+            assert_eq!(ends, [s, if up { s } else { None }], "at {t} ms");
+        }
+        assert_ne!(
+            sim.link_session("h0-h1"),
+            session,
+            "a new session after the restart"
+        );
+    }
+
+    #[test]
+    fn a_daemon_restarts_with_the_topology_it_last_had() {
+        let o = star(3);
+        let mut faults = FaultSchedule::calm();
+        faults.crashes.push(Crash {
+            host: "h2".into(),
+            at: ms(10),
+            restart: ms(20),
+        });
+        let mut sim = Sim::new(1, &o, faults, TraceMode::Full).unwrap();
+        let mut t = sim.daemon("h2").unwrap().topology().clone();
+        t.rules.pop();
+        sim.configure("h2", t).unwrap();
+        let configured = sim.daemon("h2").unwrap().topology().clone();
+        // A frame into a crashed daemon goes nowhere and is counted as such.
+        let vm = sim
+            .vms()
+            .iter()
+            .position(|v| sim.host_names()[v.host.0 as usize] == "h2")
+            .unwrap();
+        let lost = sim.send(VmId(vm as u32), MacAddr::BROADCAST, ms(15));
+        sim.run_until_idle().unwrap();
+        assert_eq!(sim.daemon("h2").unwrap().topology(), &configured);
+        let r = sim.ledger().get(lost).unwrap();
+        assert_eq!((r.host_down, r.deliveries.len()), (1, 0));
+        assert!(matches!(
+            sim.configure("h9", Topology::default()),
+            Err(SimError::UnknownHost(_))
+        ));
+    }
+}
