@@ -205,6 +205,98 @@ pub fn phases(primitives: &[Primitive]) -> Vec<&[Primitive]> {
     primitives.chunk_by(|a, b| a.action == b.action).collect()
 }
 
+/// One reconfiguration of `vnet apply`: primitives applied together, then a whole
+/// configuration replace sent to each of `machines`, in that order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The primitives, in diff order.
+    pub primitives: Vec<Primitive>,
+    /// The daemons to reconfigure, in the order they must take the change.
+    pub machines: Vec<String>,
+}
+
+/// How `vnet apply` sends `primitives` (from [`diff`]) to the daemons, so that no frame is
+/// cut, lost or duplicated on the way (the simulator checks it after every replace):
+///
+/// - Interfaces and links come in steps of their own: consecutive structure primitives
+///   of one action are one step (no rule uses what they add or remove yet).
+/// - Rules go in runs: consecutive rule primitives of one machine are one step, one
+///   replace of that machine. A machine is never given a rule before the rules it
+///   relies on downstream, which [`diff`] put earlier on other machines: replacing all
+///   of a phase's machines at once, in any order, loses frames between the replaces.
+/// - A rule that only changes its output (same machine, same sides) swaps in one
+///   replace: its old version's delete joins the run that adds the new one, so the two
+///   never fire side by side (every frame would be delivered twice) and never both miss.
+///   Moving the delete earlier is safe: the new rule matches every frame the old one did.
+pub fn steps(primitives: &[Primitive]) -> Vec<Step> {
+    let sides = |p: &Primitive| match &p.item {
+        Item::Rule(r) => Some((r.machine.clone(), r.src, r.dst)),
+        _ => None,
+    };
+    // The deletes that join an add of the same machine and sides, by position.
+    let mut joined = vec![false; primitives.len()];
+    let mut fused: Vec<Primitive> = Vec::with_capacity(primitives.len());
+    for (i, p) in primitives.iter().enumerate() {
+        if joined[i] {
+            continue;
+        }
+        fused.push(p.clone());
+        if p.action != Action::Add {
+            continue;
+        }
+        let Some(key) = sides(p) else { continue };
+        // Only when this is the last add of its sides, so that the set of rules with
+        // these sides changes in one replace.
+        let later_add = primitives[i + 1..]
+            .iter()
+            .any(|q| q.action == Action::Add && sides(q).as_ref() == Some(&key));
+        if later_add {
+            continue;
+        }
+        for (j, q) in primitives.iter().enumerate().skip(i + 1) {
+            if !joined[j] && q.action == Action::Delete && sides(q).as_ref() == Some(&key) {
+                joined[j] = true;
+                fused.push(q.clone());
+            }
+        }
+    }
+    let mut out: Vec<Step> = Vec::new();
+    for p in fused {
+        let machines: Vec<String> = p.machines().into_iter().map(str::to_string).collect();
+        let joins = out.last().is_some_and(|step| {
+            let last = &step.primitives[step.primitives.len() - 1];
+            match (&last.item, &p.item) {
+                (Item::Rule(a), Item::Rule(b)) => a.machine == b.machine,
+                (Item::Rule(_), _) | (_, Item::Rule(_)) => false,
+                _ => last.action == p.action,
+            }
+        });
+        match out.last_mut() {
+            Some(step) if joins => {
+                for m in machines {
+                    if !step.machines.contains(&m) {
+                        step.machines.push(m);
+                    }
+                }
+                step.primitives.push(p);
+            }
+            _ => {
+                let mut unique = Vec::new();
+                for m in machines {
+                    if !unique.contains(&m) {
+                        unique.push(m);
+                    }
+                }
+                out.push(Step {
+                    primitives: vec![p],
+                    machines: unique,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// The primitives as a description: the hosts of `hosts`, one block per phase.
 pub fn to_description(hosts: &Overlay, primitives: &[Primitive]) -> Description {
     Description {

@@ -116,7 +116,7 @@ pub mod source;
 
 pub use ast::{link_name, Action, Description, Host, Iface, Item, Link, LinkProto, Rule, Target};
 pub use compile::{compile, decompile, CompileError};
-pub use diff::{apply, diff, phases, Primitive};
+pub use diff::{apply, diff, phases, steps, Primitive, Step};
 pub use model::{analyze, Analysis, ModelError, Overlay};
 pub use parser::{parse, Parsed};
 pub use printer::print;

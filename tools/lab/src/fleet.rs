@@ -253,39 +253,28 @@ impl ApplyReport {
 /// How long `apply` waits for new links to come up before it moves traffic onto them.
 const LINK_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Makes the fleet's overlay `target`: each phase of the diff becomes one replace per
-/// daemon it touches; in an adding phase, new links come up before rules use them.
+/// Makes the fleet's overlay `target`: each step of the diff ([`lang::steps`]) becomes one
+/// replace per daemon it touches, in the step's order; new links come up before rules use
+/// them.
 pub fn apply(fleet: &Fleet, target: &Overlay) -> Result<ApplyReport> {
     lang::compile(target).context("the description cannot run on vnetd")?;
     let mut state = fleet.live()?;
     let primitives = lang::diff(&state, target);
     let started = Instant::now();
     let mut replaces = 0;
-    for phase in lang::phases(&primitives) {
-        let (structure, rules): (Vec<_>, Vec<_>) = phase
+    for step in lang::steps(&primitives) {
+        state = lang::apply(&state, &step.primitives).context("applying the diff")?;
+        let machines: Vec<&str> = step.machines.iter().map(String::as_str).collect();
+        replaces += fleet.replace(&state, &machines)?;
+        let new_links: Vec<String> = step
+            .primitives
             .iter()
-            .cloned()
-            .partition(|p| !matches!(p.item, lang::Item::Rule(_)));
-        let steps = if phase[0].action == Action::Add {
-            [structure, rules]
-        } else {
-            [rules, structure]
-        };
-        for step in steps.iter().filter(|s| !s.is_empty()) {
-            state = lang::apply(&state, step).context("applying the diff")?;
-            let mut machines: Vec<&str> = step.iter().flat_map(lang::Primitive::machines).collect();
-            machines.sort();
-            machines.dedup();
-            replaces += fleet.replace(&state, &machines)?;
-            let new_links: Vec<String> = step
-                .iter()
-                .filter_map(|p| match (&p.action, &p.item) {
-                    (Action::Add, lang::Item::Link(l)) => Some(l.name()),
-                    _ => None,
-                })
-                .collect();
-            fleet.wait_links_up(&machines, &new_links, LINK_UP_TIMEOUT)?;
-        }
+            .filter_map(|p| match (&p.action, &p.item) {
+                (Action::Add, lang::Item::Link(l)) => Some(l.name()),
+                _ => None,
+            })
+            .collect();
+        fleet.wait_links_up(&machines, &new_links, LINK_UP_TIMEOUT)?;
     }
     Ok(ApplyReport {
         primitives,

@@ -3,13 +3,12 @@
 //!
 //! Two groupings: [`Grouping::Primitives`] applies one primitive at a time (apply it with
 //! [`lang::apply`], recompile, reconfigure the daemons it changes, probe);
-//! [`Grouping::Fleet`] groups them as `vnet apply` does (`tools/lab/src/fleet.rs`,
-//! `apply`): each phase of [`lang::phases`] is one or two steps, interfaces and links
-//! before rules in an adding phase and rules before links and interfaces in a removing
-//! one; a step sends one whole-configuration replace to every daemon it touches, in
-//! machine-name order, and the probe runs after every single replace, since traffic flows
-//! between them. After a step, the links it added must be up (`vnet apply` waits for
-//! them before moving traffic onto them).
+//! [`Grouping::Fleet`] groups them as `vnet apply` does, with [`lang::steps`] (runs of one
+//! machine's rules, a rule's swap in one replace, structure steps of their own); a step
+//! sends one whole-configuration replace to every daemon it touches, in the step's
+//! order, and the probe runs after every single replace, since traffic flows between
+//! them. After a step, the links it added must be up (`vnet apply` waits for them before
+//! moving traffic onto them).
 
 use lang::{Action, Item, Overlay, Primitive};
 
@@ -26,24 +25,20 @@ pub enum Grouping {
 }
 
 /// The steps of `primitives` under `grouping`.
-pub fn steps(primitives: &[Primitive], grouping: Grouping) -> Vec<Vec<Primitive>> {
+pub fn steps(primitives: &[Primitive], grouping: Grouping) -> Vec<lang::Step> {
     match grouping {
-        Grouping::Primitives => primitives.iter().map(|p| vec![p.clone()]).collect(),
-        Grouping::Fleet => {
-            let mut out = Vec::new();
-            for phase in lang::phases(primitives) {
-                let (structure, rules): (Vec<Primitive>, Vec<Primitive>) = phase
-                    .iter()
-                    .cloned()
-                    .partition(|p| !matches!(p.item, Item::Rule(_)));
-                let ordered = match phase[0].action {
-                    Action::Add => [structure, rules],
-                    Action::Delete => [rules, structure],
-                };
-                out.extend(ordered.into_iter().filter(|s| !s.is_empty()));
-            }
-            out
-        }
+        Grouping::Primitives => primitives
+            .iter()
+            .map(|p| {
+                let mut machines: Vec<String> = p.machines().into_iter().map(str::to_string).collect();
+                machines.dedup();
+                lang::Step {
+                    primitives: vec![p.clone()],
+                    machines,
+                }
+            })
+            .collect(),
+        Grouping::Fleet => lang::steps(primitives),
     }
 }
 
@@ -111,11 +106,9 @@ pub fn execute(
     let failed = |what: String| Violation::general(what);
     let mut state = current.clone();
     for (i, step) in steps.iter().enumerate() {
-        state = lang::apply(&state, step).map_err(|e| failed(format!("step {}: {e}", i + 1)))?;
+        state = lang::apply(&state, &step.primitives).map_err(|e| failed(format!("step {}: {e}", i + 1)))?;
         let compiled = lang::compile(&state).map_err(|e| failed(format!("step {}: {e}", i + 1)))?;
-        let mut machines: Vec<&str> = step.iter().flat_map(Primitive::machines).collect();
-        machines.sort();
-        machines.dedup();
+        let machines: Vec<&str> = step.machines.iter().map(String::as_str).collect();
         for (n, m) in machines.iter().enumerate() {
             let topology = compiled.get(*m).cloned().unwrap_or_default();
             sim.configure(m, topology).map_err(|e| failed(e.to_string()))?;
@@ -125,7 +118,7 @@ pub fn execute(
             if grouping == Grouping::Fleet || all {
                 let stage = Stage {
                     step: (i + 1, steps.len()),
-                    primitives: step,
+                    primitives: &step.primitives,
                     configured: &machines[..=n],
                     overlay: all.then_some(&state),
                 };
@@ -133,7 +126,7 @@ pub fn execute(
                 done.probes += 1;
             }
         }
-        for p in step {
+        for p in &step.primitives {
             if let (Action::Add, Item::Link(l)) = (p.action, &p.item) {
                 if sim.link_session(&l.name()).is_none() {
                     return Err(failed(format!(

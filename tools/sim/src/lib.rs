@@ -90,16 +90,18 @@
 //!   pair's rule; its default route sent them back to the proxy, where split horizon
 //!   dropped them (apply, seed 7). The diff now adds a path's rules from its end back
 //!   and deletes them from its start on.
-//! - Known, counted in [`scenario::Known`] rather than failed (pinned by the test
-//!   `known_findings_still_show`): a rule of a pair replaced by one with the same sides
-//!   and another output is added before the old one goes, and in between both fire, so
-//!   frames arrive twice, or 2^k times when k machines of the path are replacing theirs
-//!   (seed 2). And `vnet apply` replaces the daemons of one step in name order, not
-//!   along the routes, so between two replaces a route's frames can be lost, or loop
-//!   back through a default route and arrive up to the hop limit's worth of times
-//!   (seeds 7 and 0). Neither is the diff's order to fix: the first needs the old and
-//!   the new rule swapped in one replace, the second a replace order that follows the
-//!   primitives (`tools/lab/src/fleet.rs`).
+//! - Fixed in `lang::steps` (what `vnet apply` sends): a rule of a pair replaced by one
+//!   with the same sides and another output was added before the old one went, and in
+//!   between both fired, so frames arrived twice, or 2^k times when k machines of the path
+//!   were replacing theirs (seed 2); and `vnet apply` replaced the daemons of one step in
+//!   name order, not along the routes, so between two replaces a route's frames were lost,
+//!   or looped back through a default route and arrived up to the hop limit's worth of
+//!   times (seeds 7 and 0). `vnet apply` now replaces one machine's run of rules at a
+//!   time in the diff's order and swaps a changed rule in one replace; its grouping is
+//!   checked strictly after every replace.
+//! - Inherent, counted in [`scenario::Known`] rather than failed (pinned by the test
+//!   `known_findings_still_show`): executed one primitive at a time, a rule swap still
+//!   fires both versions between its two primitives (seed 2).
 //!
 //! # Running and replaying
 //!

@@ -10,7 +10,6 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use vnet_core::mac::MacAddr;
-use vnet_core::wire::DEFAULT_HOP_LIMIT;
 
 use crate::apply::{self, Grouping, Stage};
 use crate::check::{self, Failure, Judged, Violation, RECOVERY_BOUND};
@@ -82,20 +81,16 @@ impl Scenario {
     }
 }
 
-/// What the `apply` scenario saw that is a known issue outside the language (crate docs,
-/// "Findings"): counted and reported rather than failed, so every other check stays
-/// strict.
+/// What the `apply` scenario saw, executing the diff one primitive at a time, that is
+/// inherent to single primitives (crate docs, "Findings"): counted and reported rather
+/// than failed. `vnet apply`'s own grouping ([`lang::steps`]) swaps such rules in one
+/// replace, and is checked strictly.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Known {
     /// Frames delivered twice to a VM while a rule of their pair was being replaced by one
-    /// with the same sides and another output: the diff adds the new rule before it
-    /// deletes the old one, and in between both fire.
+    /// with the same sides and another output: one primitive adds the new rule, a later
+    /// one deletes the old, and in between both fire.
     pub duplicated_while_replacing: usize,
-    /// Frames lost, or delivered more than once by a transient loop, between two daemon
-    /// replaces of one `vnet apply` step: it replaces the step's daemons in name order,
-    /// not along the routes, so a machine can send a route's frames to a neighbour that
-    /// does not carry them yet (or no longer), whose default route sends them back.
-    pub disordered_between_replaces: usize,
     /// The first frame of each kind, described.
     pub examples: Vec<String>,
 }
@@ -103,7 +98,6 @@ pub struct Known {
 impl Known {
     fn add(&mut self, other: Known) {
         self.duplicated_while_replacing += other.duplicated_while_replacing;
-        self.disordered_between_replaces += other.disordered_between_replaces;
         for e in other.examples {
             let kind = e.split(':').next().unwrap_or_default().to_string();
             if !self.examples.iter().any(|x| x.starts_with(&kind)) {
@@ -161,11 +155,11 @@ impl fmt::Display for Summary {
             write!(f, "\n  {n}")?;
         }
         let k = &self.known;
-        if k.duplicated_while_replacing + k.disordered_between_replaces > 0 {
+        if k.duplicated_while_replacing > 0 {
             write!(
                 f,
-                "\n  known issues: {} frames duplicated while a rule was replaced, {} lost or repeated between the replaces of a step",
-                k.duplicated_while_replacing, k.disordered_between_replaces
+                "\n  known issue: {} frames duplicated while a rule was replaced primitive by primitive",
+                k.duplicated_while_replacing
             )?;
             for e in &k.examples {
                 write!(f, "\n    {e}")?;
@@ -531,15 +525,18 @@ impl Shared {
             if r.deliveries.iter().any(|d| d.vm.is_none()) || got.contains_key(&r.src) {
                 return Err(fail(id, "reached an interface with no VM, or its sender".into()));
             }
-            // Each machine that fires the old and the new rule of the pair doubles the copies.
-            let swapping = self
-                .swaps
-                .iter()
-                .filter(|s| s.src.matches(src) && s.dst.matches(r.dst))
-                .count();
+            // Executed primitive by primitive, each machine that fires the old and the new
+            // rule of the pair doubles the copies; `vnet apply` swaps them in one replace.
+            let swapping = match grouping {
+                Grouping::Primitives => self
+                    .swaps
+                    .iter()
+                    .filter(|s| s.src.matches(src) && s.dst.matches(r.dst))
+                    .count(),
+                Grouping::Fleet => 0,
+            };
             let swap_bound = 1usize.checked_shl(swapping.min(16) as u32).unwrap_or(usize::MAX);
-            let mid_step = grouping == Grouping::Fleet && stage.overlay.is_none();
-            let (mut duplicated, mut disordered) = (false, false);
+            let mut duplicated = false;
             if let Some(want) = self.both.get(&(r.src, r.dst)) {
                 let across_replaced = self.replaced.contains(&(r.src, r.dst));
                 for (v, &n) in &got {
@@ -549,8 +546,6 @@ impl Shared {
                     }
                     if swapping > 0 && n <= swap_bound * w {
                         duplicated = true;
-                    } else if mid_step && n <= usize::from(DEFAULT_HOP_LIMIT) * swap_bound * w {
-                        disordered = true;
                     } else {
                         return Err(fail(
                             id,
@@ -567,37 +562,24 @@ impl Shared {
                     .iter()
                     .any(|(v, w)| got.get(v).copied().unwrap_or(0) < *w);
                 if short && !across_replaced {
-                    if !mid_step {
-                        return Err(fail(
-                            id,
-                            format!(
-                                "the apply cut it: it reached {:?} (by VM), both overlays deliver it to {:?}\n{}",
-                                got, want.receivers, want.route
-                            ),
-                        ));
-                    }
-                    disordered = true;
+                    return Err(fail(
+                        id,
+                        format!(
+                            "the apply cut it: it reached {:?} (by VM), both overlays deliver it to {:?}\n{}",
+                            got, want.receivers, want.route
+                        ),
+                    ));
                 }
-                probed.exact += usize::from(!across_replaced && !duplicated && !disordered);
+                probed.exact += usize::from(!across_replaced && !duplicated);
             }
-            let kind = if disordered {
-                Some((
-                    &mut probed.known.disordered_between_replaces,
-                    "lost or repeated between replaces",
-                ))
-            } else if duplicated {
-                Some((
-                    &mut probed.known.duplicated_while_replacing,
-                    "duplicated while replacing",
-                ))
-            } else {
-                None
-            };
-            if let Some((count, what)) = kind {
-                if *count == 0 {
-                    probed.known.examples.push(example(what, id));
+            if duplicated {
+                if probed.known.duplicated_while_replacing == 0 {
+                    probed
+                        .known
+                        .examples
+                        .push(example("duplicated while replacing", id));
                 }
-                *count += 1;
+                probed.known.duplicated_while_replacing += 1;
             }
             if let Some(m) = model.as_mut() {
                 let e = m.expect(src, r.dst);
