@@ -101,6 +101,9 @@
 //! ```
 //!
 //! `lang/tests/data/` holds more, each beside its expected tree or diagnostics.
+// A pure crate: no panic on bad input, no clock, threads or sleeps (the list is in
+// clippy.toml at the repository root).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 pub mod ast;
 pub mod compile;

@@ -330,17 +330,15 @@ impl<'a> Parser<'a> {
                             format!("`{kw}` outside a block"),
                             Some("`ADD` or `DELETE` first"),
                         );
-                        d.blocks.push(Block {
-                            action: Action::Add,
-                            items: Vec::new(),
-                        });
                     }
-                    if let Some(item) = self.statement(Self::item) {
-                        d.blocks
-                            .last_mut()
-                            .expect("a block was pushed above")
-                            .items
-                            .push(item);
+                    let item = self.statement(Self::item);
+                    match d.blocks.last_mut() {
+                        Some(block) => block.items.extend(item),
+                        // Recovery from the error above: the statement opens an ADD block.
+                        None => d.blocks.push(Block {
+                            action: Action::Add,
+                            items: item.into_iter().collect(),
+                        }),
                     }
                 }
                 _ => {

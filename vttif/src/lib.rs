@@ -14,6 +14,9 @@
 //!   [`AppTopology`]).
 //! - [`shape`]: the known application topologies ([`KnownShape`]), their edge sets, and the classifier that
 //!   names a recovered topology ([`classify`]).
+// A pure crate: no panic on bad input, no clock, threads or sleeps (the list is in
+// clippy.toml at the repository root).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 pub mod accumulator;
 pub mod aggregator;
