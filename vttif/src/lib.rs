@@ -3,9 +3,9 @@
 //!
 //! Pure: nothing here touches sockets, threads or the clock; time is always an argument.
 //!
-//! - [`accumulator`]: the per-worker local matrix, bytes and frames per (src MAC, dst MAC),
-//!   updated in O(1) without allocation; a [`Recorder`] writes, any number of [`Reader`]s
-//!   take cumulative snapshots ([`LocalMatrix`]) from other threads.
+//! - [`accumulator`](mod@accumulator): the per-worker local matrix, bytes and frames per
+//!   (src MAC, dst MAC), updated in O(1) without allocation; a [`Recorder`] writes, any
+//!   number of [`Reader`]s take cumulative snapshots ([`LocalMatrix`]) from other threads.
 //! - [`matrix`]: the cumulative local matrix a daemon reports ([`Snapshot`]) and the update
 //!   since the previous one ([`LocalMatrix::since`]).
 //! - [`aggregator`]: the global matrix smoothed over the smoothing interval, normalized by its
