@@ -598,6 +598,25 @@ mod tests {
     }
 
     #[test]
+    fn a_statement_outside_a_block_is_reported_and_kept_in_an_add_block() {
+        let p = parse("BEGIN\nLINK TCP h1 h1 h2\nIFACE TAP h1\nEND");
+        let lines: Vec<(usize, usize)> = p.diagnostics.iter().map(|d| (d.line, d.column)).collect();
+        // The LINK outside a block, then the IFACE missing its name (seen at END).
+        assert_eq!(lines, vec![(2, 1), (4, 1)], "{:#?}", p.diagnostics);
+        assert!(p.diagnostics[0].message.contains("`LINK` outside a block"));
+        assert_eq!(p.description.blocks.len(), 1);
+        assert_eq!(p.description.blocks[0].action, Action::Add);
+        let items = &p.description.blocks[0].items;
+        assert_eq!(items.len(), 1);
+        assert!(matches!(items[0].decl, Item::Link(_)));
+
+        // A failed statement outside a block still opens the block.
+        let p = parse("BEGIN\nIFACE TAP\nEND");
+        assert_eq!(p.description.blocks.len(), 1);
+        assert!(p.description.blocks[0].items.is_empty());
+    }
+
+    #[test]
     fn recovers_and_reports_every_error() {
         let src = "BEGIN\nHOST a AT h1 70000 eth0\nADD\nLINK TCP h1 h1\nFORWARD EDGE h1 ANY 02:00:00:zz:00:01 h1 h2\nEND";
         let p = parse(src);
