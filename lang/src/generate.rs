@@ -88,11 +88,13 @@ pub fn generate(layout: &Layout, shape: Shape) -> Result<Overlay, GenerateError>
     for h in &layout.hosts {
         o.add_host(h.clone())?;
     }
+    let mut vms: Vec<(&Iface, MacAddr)> = Vec::with_capacity(layout.vms.len());
     for v in &layout.vms {
-        if v.mac.is_none() {
+        let Some(mac) = v.mac else {
             return Err(GenerateError::VmWithoutMac(v.name.clone()));
-        }
+        };
         o.add(&Item::Iface(v.clone()))?;
+        vms.push((v, mac));
     }
     let mut adjacent: BTreeMap<&str, Vec<&str>> = machines.iter().map(|m| (*m, Vec::new())).collect();
     for &(a, b) in &edges {
@@ -120,8 +122,8 @@ pub fn generate(layout: &Layout, shape: Shape) -> Result<Overlay, GenerateError>
     };
     for &m in &machines {
         let to_proxy = next_hop[proxy].get(m).copied();
-        for v in &layout.vms {
-            let mac = DstMatch::Mac(MacMatch::Exact(v.mac.expect("checked above")));
+        for &(v, mac) in &vms {
+            let mac = DstMatch::Mac(MacMatch::Exact(mac));
             if v.machine == m {
                 add_rule(m, mac, Target::Iface(v.name.clone()))?;
                 add_rule(m, broadcast, Target::Iface(v.name.clone()))?;

@@ -44,7 +44,7 @@
 //!   (`h2-h10`), which is how `vnet lab` names its links.
 //! - `FORWARD EDGE m src dst m p` sends over the link between `m` and `p`;
 //!   `FORWARD INTERFACE m src dst i` to the interface `i` of `m`. Rules of a machine with
-//!   the same sides are one vnetd rule with several outputs ([`compile`]).
+//!   the same sides are one vnetd rule with several outputs ([`compile()`]).
 //! - Rule priority, matching and split horizon are vnetd's (see `vnet_core::rule`).
 //!
 //! # Examples
@@ -101,6 +101,9 @@
 //! ```
 //!
 //! `lang/tests/data/` holds more, each beside its expected tree or diagnostics.
+// A pure crate: no panic on bad input, no clock, threads or sleeps (the list is in
+// clippy.toml at the repository root).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 pub mod ast;
 pub mod compile;

@@ -330,17 +330,15 @@ impl<'a> Parser<'a> {
                             format!("`{kw}` outside a block"),
                             Some("`ADD` or `DELETE` first"),
                         );
-                        d.blocks.push(Block {
-                            action: Action::Add,
-                            items: Vec::new(),
-                        });
                     }
-                    if let Some(item) = self.statement(Self::item) {
-                        d.blocks
-                            .last_mut()
-                            .expect("a block was pushed above")
-                            .items
-                            .push(item);
+                    let item = self.statement(Self::item);
+                    match d.blocks.last_mut() {
+                        Some(block) => block.items.extend(item),
+                        // Recovery from the error above: the statement opens an ADD block.
+                        None => d.blocks.push(Block {
+                            action: Action::Add,
+                            items: item.into_iter().collect(),
+                        }),
                     }
                 }
                 _ => {
@@ -597,6 +595,25 @@ mod tests {
             r.dst,
             DstMatch::Mac(MacMatch::Exact("02:00:00:00:00:01".parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn a_statement_outside_a_block_is_reported_and_kept_in_an_add_block() {
+        let p = parse("BEGIN\nLINK TCP h1 h1 h2\nIFACE TAP h1\nEND");
+        let lines: Vec<(usize, usize)> = p.diagnostics.iter().map(|d| (d.line, d.column)).collect();
+        // The LINK outside a block, then the IFACE missing its name (seen at END).
+        assert_eq!(lines, vec![(2, 1), (4, 1)], "{:#?}", p.diagnostics);
+        assert!(p.diagnostics[0].message.contains("`LINK` outside a block"));
+        assert_eq!(p.description.blocks.len(), 1);
+        assert_eq!(p.description.blocks[0].action, Action::Add);
+        let items = &p.description.blocks[0].items;
+        assert_eq!(items.len(), 1);
+        assert!(matches!(items[0].decl, Item::Link(_)));
+
+        // A failed statement outside a block still opens the block.
+        let p = parse("BEGIN\nIFACE TAP\nEND");
+        assert_eq!(p.description.blocks.len(), 1);
+        assert!(p.description.blocks[0].items.is_empty());
     }
 
     #[test]

@@ -384,6 +384,17 @@ fn apply_steps_swap_rules_at_once_and_follow_routes() {
 }
 
 #[test]
+fn a_vm_without_a_mac_cannot_be_generated_from() {
+    let mut l = layout(3, 2);
+    l.vms[1].mac = None;
+    let name = l.vms[1].name.clone();
+    assert_eq!(
+        generate(&l, Shape::Star).unwrap_err(),
+        lang::generate::GenerateError::VmWithoutMac(name)
+    );
+}
+
+#[test]
 fn fast_paths_take_the_direct_link() {
     let star = generate(&layout(8, 28), Shape::Star).unwrap();
     let macs: Vec<MacAddr> = (0..28).map(mac).collect();

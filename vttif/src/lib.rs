@@ -3,9 +3,9 @@
 //!
 //! Pure: nothing here touches sockets, threads or the clock; time is always an argument.
 //!
-//! - [`accumulator`]: the per-worker local matrix, bytes and frames per (src MAC, dst MAC),
-//!   updated in O(1) without allocation; a [`Recorder`] writes, any number of [`Reader`]s
-//!   take cumulative snapshots ([`LocalMatrix`]) from other threads.
+//! - [`accumulator`](mod@accumulator): the per-worker local matrix, bytes and frames per
+//!   (src MAC, dst MAC), updated in O(1) without allocation; a [`Recorder`] writes, any
+//!   number of [`Reader`]s take cumulative snapshots ([`LocalMatrix`]) from other threads.
 //! - [`matrix`]: the cumulative local matrix a daemon reports ([`Snapshot`]) and the update
 //!   since the previous one ([`LocalMatrix::since`]).
 //! - [`aggregator`]: the global matrix smoothed over the smoothing interval, normalized by its
@@ -14,6 +14,9 @@
 //!   [`AppTopology`]).
 //! - [`shape`]: the known application topologies ([`KnownShape`]), their edge sets, and the classifier that
 //!   names a recovered topology ([`classify`]).
+// A pure crate: no panic on bad input, no clock, threads or sleeps (the list is in
+// clippy.toml at the repository root).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 pub mod accumulator;
 pub mod aggregator;

@@ -48,6 +48,9 @@
 //! Targets: anneal within 5 % of exact on average (met: 0.5 % mean gap); 64 hosts / 256 VMs
 //! in under 1 s (greedy 10 ms; anneal returns a feasible plan, +51 % over greedy's infeasible
 //! one, at its 900 ms deadline; `vadapt solve` defaults to a 950 ms deadline).
+// A pure crate: no panic on bad input, no clock, threads or sleeps (the list is in
+// clippy.toml at the repository root).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 pub mod adaptor;
 pub mod anneal;

@@ -839,6 +839,10 @@ mod tests {
     use vnet_core::mac::MacAddr;
     use vnet_core::rule::{DstMatch, MacMatch};
 
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the base instant of the tests' virtual time; nothing waits on the clock"
+    )]
     fn state() -> (ControlState, Instant) {
         let now = Instant::now();
         let config = StateConfig {

@@ -1,7 +1,7 @@
 //! Receive-side coalescing of TCP segments into super-frames (user-space GRO), pure.
 //!
 //! A UDP link cannot carry TSO super-frames, so the sending daemon cuts them into ordinary
-//! frames with complete checksums ([`offload::segment`]). Writing those into a TAP one
+//! frames with complete checksums ([`crate::offload::segment`]). Writing those into a TAP one
 //! `write()` each caps the link far below what the VM's stack takes, since a TAP has no
 //! multi-packet write. [`Coalescer`] glues consecutive in-order TCP segments of one flow
 //! back into one super-frame with a virtio-net header (TSO, partial checksum), as Linux GRO

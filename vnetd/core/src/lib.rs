@@ -15,6 +15,9 @@
 //! - [`measure`]: round-trip time, throughput, probe bookkeeping.
 //! - [`config`]: the daemon's configuration and the topology the control plane changes.
 //! - [`rate`]: data rates and their one grammar (the language's and the lab's).
+// A pure crate: no panic on bad input, no clock, threads or sleeps (the list is in
+// clippy.toml at the repository root).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 pub mod config;
 pub mod crypto;

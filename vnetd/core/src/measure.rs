@@ -4,9 +4,9 @@
 //!
 //! Nothing here reads a clock: every `now` is a [`Duration`] since an epoch the caller
 //! picks (a session's start, the daemon's start) and keeps for as long as it feeds one
-//! value. The drivers in [`crate::link`] call in on their keepalive tick and on every
-//! keepalive received; the control plane reads the results
-//! ([`crate::control::proto::LinkMeasurement`]).
+//! value. The daemon's link drivers (`vnetd::link`) call in on their keepalive tick and on
+//! every keepalive received; the control plane reports the results
+//! (`vnet_control::proto::LinkMeasurement`).
 
 use std::time::Duration;
 

@@ -12,9 +12,9 @@
 //! 3      1    kind: 1 Frame, 2 Hello, 3 Challenge, 4 Proof, 5 Welcome, 6 Keepalive,
 //!             7 Reset, 8 Refused
 //! 4      1    hop_limit (frames only; 0 for others)
-//! 5      1    flags (bit 0 FLAG_SEALED: the payload is a sealed frame; other bits
-//!             reserved; receivers ignore
-//!             unknown bits)
+//! 5      1    flags (Frame messages): bit 0 FLAG_SEALED, the payload is a sealed
+//!             frame; bit 1 FLAG_VNET_HDR, the (opened) payload starts with a
+//!             virtio-net header; other bits have no meaning and are ignored
 //! 6      2    reserved, sent as 0, ignored on receive
 //! 8      4    session id, u32 big endian (0 until a session exists)
 //! 12     4    payload length, u32 big endian
@@ -109,7 +109,8 @@ pub struct Header {
     pub kind: Kind,
     /// Remaining hops for a [`Kind::Frame`]; 0 for every other kind.
     pub hop_limit: u8,
-    /// Capability bits; none are defined yet, and unknown ones are ignored on receive.
+    /// Flag bits of a [`Kind::Frame`] ([`FLAG_SEALED`], [`FLAG_VNET_HDR`]), kept as they
+    /// came; bits without a meaning are ignored.
     pub flags: u8,
     /// The session this message belongs to; 0 before the handshake assigns one.
     pub session: u32,
@@ -236,8 +237,9 @@ pub fn encode_message(
 pub const FLAG_SEALED: u8 = 1;
 
 /// Flag bit: the (opened) payload starts with a virtio-net header
-/// ([`crate::offload::VirtioNetHdr`]): the frame may be a TSO super-frame with a partial
-/// checksum, carried whole between peers that negotiated it.
+/// ([`crate::offload::VirtioNetHdr`]), so the frame may be a TSO super-frame or carry a
+/// partial checksum. The daemon sets it on every frame of a TCP link whose handshake
+/// agreed on [`crate::handshake::CAP_SUPERFRAMES`]; its link readers take it on any link.
 pub const FLAG_VNET_HDR: u8 = 2;
 
 /// The header of a Frame message with a `len`-byte payload; `TooLong` past

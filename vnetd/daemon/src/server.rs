@@ -1,4 +1,4 @@
-//! The control server: answers [`proto`](vnet_control::proto) requests on a Unix socket and,
+//! The control server: answers [`proto`] requests on a Unix socket and,
 //! when configured, on TCP with a token.
 
 use std::path::Path;

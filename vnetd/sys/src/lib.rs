@@ -51,7 +51,8 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 
 /// A socket for interface ioctls (SIOCSIFHWADDR and friends) in the current namespace.
 fn ioctl_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the fd is owned right away.
+    // SAFETY: socket(2) takes only integers and touches no memory of ours; the fd it
+    // returns is owned right below.
     let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: fd is a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -103,7 +104,8 @@ pub fn open_tap(params: &TapParams) -> io::Result<Vec<File>> {
 /// Opens one queue of TAP `device` with `flags`.
 fn attach_tap_queue(device: &str, flags: libc::c_short) -> io::Result<File> {
     let path = CString::new("/dev/net/tun").map_err(io::Error::other)?;
-    // SAFETY: open(2) on a valid C string; the fd is owned right away.
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, which only reads
+    // it; the fd it returns is owned right below.
     let fd = cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
     // SAFETY: fd is fresh and owned by nobody else.
     let tap = unsafe { File::from_raw_fd(fd) };
@@ -157,12 +159,14 @@ fn open_tap_here(params: &TapParams) -> io::Result<Vec<File>> {
         set_offloads(offloads)?;
     }
     // Persistent, so the VM keeps its NIC (and addresses) across a daemon restart.
-    // SAFETY: TUNSETPERSIST takes an integer argument.
+    // SAFETY: TUNSETPERSIST takes an integer argument, not a pointer, on a tun fd we own.
     cvt(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) })?;
     let sock = ioctl_socket()?;
     if let Some(mac) = params.mac {
         let mut ifr = ifreq_for(&params.device)?;
-        // SAFETY: writing the hwaddr member of a zeroed ifreq we own.
+        // SAFETY: ifru_hwaddr is a plain-data sockaddr member of the union in an ifreq we
+        // own; any bytes are a valid sockaddr, so writing its fields cannot make an
+        // invalid value.
         unsafe {
             ifr.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
             for (d, s) in ifr.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac) {
@@ -212,7 +216,8 @@ pub fn tap_unpersist(tap: &File) -> io::Result<()> {
 /// segmented by the kernel where the device needs it.
 pub fn open_packet_socket(device: &str, vnet_hdr: bool) -> io::Result<File> {
     let name = CString::new(device).map_err(io::Error::other)?;
-    // SAFETY: if_nametoindex reads a valid C string.
+    // SAFETY: `name` is a NUL-terminated string that outlives the call, which only
+    // reads it.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if index == 0 {
         return Err(io::Error::new(
@@ -221,7 +226,8 @@ pub fn open_packet_socket(device: &str, vnet_hdr: bool) -> io::Result<File> {
         ));
     }
     let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2) call; the fd is owned right away.
+    // SAFETY: socket(2) takes only integers and touches no memory of ours; the fd it
+    // returns is owned right below.
     let fd = cvt(unsafe {
         libc::socket(
             libc::AF_PACKET,
@@ -339,7 +345,9 @@ pub fn send_udp_gso(
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let addr_len = match to {
         std::net::SocketAddr::V4(v4) => {
-            // SAFETY: sockaddr_in fits in sockaddr_storage and is plain data.
+            // SAFETY: sockaddr_storage is larger and more strictly aligned than
+            // sockaddr_in, which is plain data: the cast reference is in bounds, aligned
+            // and valid, and `addr` is not used otherwise while it lives.
             let a = unsafe { &mut *(&mut addr as *mut libc::sockaddr_storage as *mut libc::sockaddr_in) };
             a.sin_family = libc::AF_INET as libc::sa_family_t;
             a.sin_port = v4.port().to_be();
@@ -349,7 +357,9 @@ pub fn send_udp_gso(
             std::mem::size_of::<libc::sockaddr_in>()
         }
         std::net::SocketAddr::V6(v6) => {
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage and is plain data.
+            // SAFETY: sockaddr_storage is larger and more strictly aligned than
+            // sockaddr_in6, which is plain data: the cast reference is in bounds, aligned
+            // and valid, and `addr` is not used otherwise while it lives.
             let a = unsafe { &mut *(&mut addr as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6) };
             a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             a.sin6_port = v6.port().to_be();
@@ -373,7 +383,7 @@ pub fn send_udp_gso(
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    // SAFETY: CMSG_SPACE only computes a size.
+    // SAFETY: CMSG_SPACE computes a size from an integer; it touches no memory.
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as _;
     // SAFETY: msg_control points to `control`, large enough for one cmsg with a u16
     // (CMSG_SPACE(2) = 24 bytes <= 32), so CMSG_FIRSTHDR is non-null and in bounds.
@@ -443,12 +453,16 @@ pub fn recv_udp_gro(
     }
     let from = match addr.ss_family as libc::c_int {
         libc::AF_INET => {
-            // SAFETY: the kernel wrote a sockaddr_in for an AF_INET sender.
+            // SAFETY: the kernel wrote a sockaddr_in for an AF_INET sender;
+            // sockaddr_storage is larger and more strictly aligned, so the reference is
+            // in bounds and aligned.
             let a = unsafe { &*(&addr as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
             std::net::SocketAddr::from((a.sin_addr.s_addr.to_ne_bytes(), u16::from_be(a.sin_port)))
         }
         libc::AF_INET6 => {
-            // SAFETY: the kernel wrote a sockaddr_in6 for an AF_INET6 sender.
+            // SAFETY: the kernel wrote a sockaddr_in6 for an AF_INET6 sender;
+            // sockaddr_storage is larger and more strictly aligned, so the reference is
+            // in bounds and aligned.
             let a = unsafe { &*(&addr as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
             std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
                 a.sin6_addr.s6_addr.into(),

@@ -2,13 +2,13 @@
 //! datagram, runs the handshakes, keeps sessions alive and forwards frames; senders on
 //! other threads write frames to the socket directly.
 //!
-//! Liveness: an up session sends a keepalive every [`KEEPALIVE`] and is declared dead
-//! after [`DEAD_AFTER`] without hearing from the peer. Keepalives carry timestamps from
+//! Liveness: an up session sends a keepalive every `KEEPALIVE` and is declared dead
+//! after `DEAD_AFTER` without hearing from the peer. Keepalives carry timestamps from
 //! which both ends measure the round-trip time (`link::meter`), and their tick samples
 //! the link's throughput. A datagram for a session the receiver does not know (it
 //! restarted) is answered with a Reset, upon which a dialing end handshakes again at once,
 //! so a restarted peer is reachable again within a handshake round trip rather than after
-//! [`DEAD_AFTER`].
+//! `DEAD_AFTER`.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
