@@ -115,6 +115,9 @@
 //! (without `VNET_SIM_SCENARIO`, every scenario with that seed). The scale figure:
 //! `cargo run --release -p vnet-sim --example scale` (256 daemons, 1024 VMs).
 
+// Pure: no clock, threads or sleeping of its own, and no unwrap outside tests (clippy.toml).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 pub mod apply;
 pub mod check;
 pub mod daemon;

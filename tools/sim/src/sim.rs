@@ -183,9 +183,14 @@ impl Sim {
             queue.push(c.restart, Event::Restart(host));
         }
         let underlay = Underlay::new(hosts.len(), &faults, &members, rng(seed, Stream::Underlay));
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "only the base of simulated time: every duration the simulation uses is an offset from it, so traces stay deterministic"
+        )]
+        let base = Instant::now();
         let mut sim = Sim {
             seed,
-            clock: Clock::new(Instant::now()),
+            clock: Clock::new(base),
             queue,
             underlay,
             hosts,

@@ -99,6 +99,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::disallowed_methods, reason = "the base of the test's simulated time")]
     fn instants_follow_simulated_time_and_the_clock_never_goes_back() {
         let base = Instant::now();
         let mut c = Clock::new(base);
