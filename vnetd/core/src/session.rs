@@ -242,6 +242,15 @@ pub fn caps_mismatch(link: &str, ours: u32, theirs: u32) -> Option<String> {
     })
 }
 
+/// The Hello that must open an accepted stream; anything else is a bad message, and the
+/// connection is dropped.
+pub fn opening_hello(header: &Header, payload: &[u8]) -> Result<Hello, Lost> {
+    if header.kind != Kind::Hello {
+        return Err(Lost::Unexpected(header.kind));
+    }
+    handshake::decode_hello(payload).map_err(Lost::Handshake)
+}
+
 /// What a responder does with a Hello, decided from the link it names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {
@@ -605,41 +614,50 @@ impl LinkSession {
 
     /// Takes one message from the peer, its header already decoded. A Frame of the up
     /// session comes back as [`Input::Frame`] without a copy or an allocation.
+    #[inline]
     pub fn handle_message<'a>(&mut self, header: Header, payload: &'a [u8], now: Instant) -> Input<'a> {
-        // The hot path first: the up session's frames and keepalives.
+        // The hot path: a frame of the up session only marks the peer as heard.
         if let State::Up(up) = &mut self.state {
-            match header.kind {
-                Kind::Frame => {
-                    up.heard = now;
-                    return Input::Frame(payload);
-                }
-                Kind::Keepalive => {
-                    up.heard = now;
-                    up.kept_alive = true;
-                    return match KeepaliveStamp::decode(payload) {
-                        Ok(Some(stamp)) => {
-                            let at = now.saturating_duration_since(self.epoch);
-                            if let Some(rtt) = up.echo.receive(&stamp, at) {
-                                self.events.push_back(Event::Rtt(rtt));
-                            }
-                            Input::Consumed
-                        }
-                        // An older peer's keepalive measures nothing.
-                        Ok(None) => Input::Consumed,
-                        Err(_) => Input::Dropped(DropReason::BadMessage),
-                    };
-                }
-                _ => {}
+            if header.kind == Kind::Frame {
+                up.heard = now;
+                return Input::Frame(payload);
             }
         }
+        self.handle_control(header, payload, now)
+    }
+
+    /// Everything but the up session's frames.
+    fn handle_control<'a>(&mut self, header: Header, payload: &'a [u8], now: Instant) -> Input<'a> {
         match header.kind {
+            Kind::Keepalive => self.on_keepalive(payload, now),
             Kind::Challenge => self.on_challenge(payload),
             Kind::Proof => self.on_proof(payload, now),
             Kind::Welcome => self.on_welcome(header.session, now),
             Kind::Hello => self.on_hello(payload),
             Kind::Refused => self.on_refused(payload),
             Kind::Reset => self.on_reset(),
-            Kind::Frame | Kind::Keepalive => self.stray(header.kind),
+            Kind::Frame => self.stray(header.kind),
+        }
+    }
+
+    /// A keepalive marks the peer as heard and may carry a round-trip sample.
+    fn on_keepalive(&mut self, payload: &[u8], now: Instant) -> Input<'static> {
+        let State::Up(up) = &mut self.state else {
+            return self.stray(Kind::Keepalive);
+        };
+        up.heard = now;
+        up.kept_alive = true;
+        match KeepaliveStamp::decode(payload) {
+            Ok(Some(stamp)) => {
+                let at = now.saturating_duration_since(self.epoch);
+                if let Some(rtt) = up.echo.receive(&stamp, at) {
+                    self.events.push_back(Event::Rtt(rtt));
+                }
+                Input::Consumed
+            }
+            // An older peer's keepalive measures nothing.
+            Ok(None) => Input::Consumed,
+            Err(_) => Input::Dropped(DropReason::BadMessage),
         }
     }
 
@@ -1645,6 +1663,25 @@ mod tests {
             Admission::for_stream("a-b", LinkProto::Tcp, None),
             Admission::Refuse("no link `a-b` here".into())
         );
+    }
+
+    #[test]
+    fn a_stream_must_open_with_a_hello() {
+        let now = Instant::now();
+        let mut rng = entropy(4);
+        let mut i = LinkSession::dial(&creds("a"), "l", 0, [0; 32], Policy::tcp(), now, &mut rng);
+        let hello = drain(&mut i, now).remove(0);
+        let (h, p) = wire::decode_datagram(&hello).expect("valid");
+        assert_eq!(opening_hello(&h, p).map(|h| h.link), Ok("l".to_string()));
+        let proof = message(Kind::Proof, 0, &[0; 32]);
+        let (h, p) = wire::decode_datagram(&proof).expect("valid");
+        assert_eq!(opening_hello(&h, p), Err(Lost::Unexpected(Kind::Proof)));
+        let junk = message(Kind::Hello, 0, &[0xff; 40]);
+        let (h, p) = wire::decode_datagram(&junk).expect("valid");
+        assert!(matches!(
+            opening_hello(&h, p),
+            Err(Lost::Handshake(HandshakeError::Malformed(_)))
+        ));
     }
 
     #[test]
