@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::forward::DropReason;
-use crate::handshake;
+use crate::handshake::{self, Challenge, Hello};
 use crate::session::{refusal, Admission, Credentials, Entropy, Event, Input, LinkSession, Phase, Policy};
 use crate::wire::{self, Header, Kind};
 
@@ -96,6 +96,15 @@ pub struct EndpointEvent {
     /// [`Event::Lost`] is the end of the link's up session. Handshakes that fail are
     /// retried or forgotten without a `Lost`. [`Event::Proven`] never occurs.
     pub event: Event,
+}
+
+/// One received datagram, decoded.
+#[derive(Clone, Copy)]
+struct Received<'a> {
+    from: SocketAddr,
+    header: Header,
+    payload: &'a [u8],
+    now: Instant,
 }
 
 /// A session on one peer address.
@@ -227,27 +236,35 @@ impl Endpoint {
         datagram: &'a [u8],
         now: Instant,
     ) -> Datagram<'a> {
+        let bad = Datagram::Dropped(DropReason::BadMessage);
         let Ok((header, payload)) = wire::decode_datagram(datagram) else {
-            return Datagram::Dropped(DropReason::BadMessage);
+            return bad;
         };
+        let m = Received {
+            from,
+            header,
+            payload,
+            now,
+        };
+        // Handshake payloads that do not decode are bad whoever they are for.
         match header.kind {
-            Kind::Frame | Kind::Keepalive => self.on_session_message(from, header, payload, now),
-            Kind::Hello => self.on_hello(from, header, payload, now),
-            Kind::Challenge => self.on_challenge(from, header, payload, now),
-            Kind::Proof => self.on_proof(from, header, payload, now),
+            Kind::Frame | Kind::Keepalive => self.on_session_message(m),
+            Kind::Hello => handshake::decode_hello(payload).map_or(bad, |h| self.on_hello(m, &h)),
+            Kind::Challenge => handshake::decode_challenge(payload).map_or(bad, |c| self.on_challenge(m, &c)),
+            Kind::Proof => handshake::decode_proof(payload).map_or(bad, |_| self.on_proof(m)),
             Kind::Welcome => {
                 let at = self.dialing(from, |p| p == Phase::AwaitWelcome(header.session));
-                self.deliver_current(at.first().copied(), header, payload, now)
+                self.deliver_current(at.first().copied(), m)
             }
             Kind::Reset => {
                 let at = self.up_path(from, header.session);
-                self.deliver_current(at, header, payload, now)
+                self.deliver_current(at, m)
             }
             Kind::Refused => {
                 for i in self.dialing(from, |p| {
                     matches!(p, Phase::AwaitChallenge | Phase::AwaitWelcome(_))
                 }) {
-                    self.deliver_current(Some(i), header, payload, now);
+                    self.deliver_current(Some(i), m);
                 }
                 Datagram::Consumed
             }
@@ -282,13 +299,8 @@ impl Endpoint {
         self.links.get_mut(i).and_then(Option::as_mut)
     }
 
-    fn on_session_message<'a>(
-        &mut self,
-        from: SocketAddr,
-        header: Header,
-        payload: &'a [u8],
-        now: Instant,
-    ) -> Datagram<'a> {
+    fn on_session_message<'a>(&mut self, m: Received<'a>) -> Datagram<'a> {
+        let (from, header, now) = (m.from, m.header, m.now);
         let Some(i) = self.up_path(from, header.session) else {
             if self.resets.allow(now) {
                 let reset = {
@@ -304,7 +316,7 @@ impl Endpoint {
         if header.kind == Kind::Frame {
             // The hot path: no event can follow a frame, so nothing needs settling.
             if let Some(path) = self.link_mut(i).and_then(|l| l.current.as_mut()) {
-                if let Input::Frame(payload) = path.session.handle_message(header, payload, now) {
+                if let Input::Frame(payload) = path.session.handle_message(header, m.payload, now) {
                     return Datagram::Frame {
                         link: LinkId(i as u32),
                         header,
@@ -314,38 +326,24 @@ impl Endpoint {
             }
             return Datagram::Consumed;
         }
-        self.deliver_current(Some(i), header, payload, now)
+        self.deliver_current(Some(i), m)
     }
 
     /// Hands a message to link `i`'s current session and settles what follows.
-    fn deliver_current<'a>(
-        &mut self,
-        i: Option<usize>,
-        header: Header,
-        payload: &'a [u8],
-        now: Instant,
-    ) -> Datagram<'a> {
+    fn deliver_current<'a>(&mut self, i: Option<usize>, m: Received<'a>) -> Datagram<'a> {
         let Some(i) = i else {
             return Datagram::Consumed;
         };
         let input = match self.link_mut(i).and_then(|l| l.current.as_mut()) {
-            Some(path) => path.session.handle_message(header, payload, now),
+            Some(path) => path.session.handle_message(m.header, m.payload, m.now),
             None => Input::Consumed,
         };
-        self.settle(i, now);
-        datagram(input, i, header)
+        self.settle(i, m.now);
+        datagram(input, i, m.header)
     }
 
-    fn on_hello<'a>(
-        &mut self,
-        from: SocketAddr,
-        header: Header,
-        payload: &'a [u8],
-        now: Instant,
-    ) -> Datagram<'a> {
-        let Ok(hello) = handshake::decode_hello(payload) else {
-            return Datagram::Dropped(DropReason::BadMessage);
-        };
+    fn on_hello<'a>(&mut self, m: Received<'a>, hello: &Hello) -> Datagram<'a> {
+        let (from, header, now) = (m.from, m.header, m.now);
         let Some(i) = self.find(&hello.link).map(LinkId::index) else {
             let (reason, msg) = refusal(&format!("no udp link `{}` here", hello.link));
             self.outbox.push_back((transmit(from, None, Kind::Refused), msg));
@@ -369,9 +367,9 @@ impl Endpoint {
         if let Some(path) = link
             .half_open
             .iter_mut()
-            .find(|p| p.addr == from && p.session.answers(&hello))
+            .find(|p| p.addr == from && p.session.answers(hello))
         {
-            let input = path.session.handle_message(header, payload, now);
+            let input = path.session.handle_message(header, m.payload, now);
             self.settle(i, now);
             return datagram(input, i, header);
         }
@@ -381,7 +379,7 @@ impl Endpoint {
         };
         let session = LinkSession::respond(
             creds,
-            &hello,
+            hello,
             admission,
             [0; 32],
             Policy::udp(),
@@ -402,19 +400,10 @@ impl Endpoint {
         Datagram::Consumed
     }
 
-    fn on_challenge<'a>(
-        &mut self,
-        from: SocketAddr,
-        header: Header,
-        payload: &'a [u8],
-        now: Instant,
-    ) -> Datagram<'a> {
-        let Ok(challenge) = handshake::decode_challenge(payload) else {
-            return Datagram::Dropped(DropReason::BadMessage);
-        };
+    fn on_challenge<'a>(&mut self, m: Received<'a>, challenge: &Challenge) -> Datagram<'a> {
         // A Challenge names no link: among several handshakes to the same address, it
         // belongs to the one whose proof it verifies (else the first reports it).
-        let candidates = self.dialing(from, |p| p == Phase::AwaitChallenge);
+        let candidates = self.dialing(m.from, |p| p == Phase::AwaitChallenge);
         let pick = match candidates.as_slice() {
             [only] => Some(*only),
             _ => candidates
@@ -423,25 +412,17 @@ impl Endpoint {
                 .find(|&i| {
                     self.link(i)
                         .and_then(|l| l.current.as_ref())
-                        .is_some_and(|p| p.session.verifies(&challenge))
+                        .is_some_and(|p| p.session.verifies(challenge))
                 })
                 .or(candidates.first().copied()),
         };
-        self.deliver_current(pick, header, payload, now)
+        self.deliver_current(pick, m)
     }
 
-    fn on_proof<'a>(
-        &mut self,
-        from: SocketAddr,
-        header: Header,
-        payload: &'a [u8],
-        now: Instant,
-    ) -> Datagram<'a> {
-        if handshake::decode_proof(payload).is_err() {
-            return Datagram::Dropped(DropReason::BadMessage);
-        }
+    fn on_proof<'a>(&mut self, m: Received<'a>) -> Datagram<'a> {
+        let (from, header, now) = (m.from, m.header, m.now);
         if let Some(i) = self.up_path(from, header.session) {
-            return self.deliver_current(Some(i), header, payload, now);
+            return self.deliver_current(Some(i), m);
         }
         let found = self.links.iter_mut().enumerate().find_map(|(i, l)| {
             let l = l.as_mut()?;
@@ -449,7 +430,7 @@ impl Endpoint {
                 .half_open
                 .iter_mut()
                 .find(|p| p.addr == from && p.session.phase() == Phase::AwaitProof(header.session))?;
-            Some((i, path.session.handle_message(header, payload, now)))
+            Some((i, path.session.handle_message(header, m.payload, now)))
         });
         match found {
             Some((i, input)) => {
@@ -776,6 +757,16 @@ mod tests {
                 .collect()
         }
 
+        /// The last datagram sent to `to`.
+        fn last_to(&self, to: SocketAddr) -> Vec<u8> {
+            self.sent
+                .iter()
+                .rev()
+                .find(|p| p.to == to)
+                .map(|p| p.bytes.clone())
+                .unwrap_or_else(|| panic!("nothing was sent to {to}"))
+        }
+
         fn drops(&self, at: SocketAddr, reason: DropReason) -> usize {
             self.results
                 .iter()
@@ -953,14 +944,7 @@ mod tests {
         );
         let hello = crate::session::testing::drain(&mut rogue, net.now).remove(0);
         net.inject(addr(66), addr(0), hello);
-        let challenge = net
-            .sent
-            .iter()
-            .rev()
-            .find(|p| p.to == addr(66))
-            .expect("the proxy answered")
-            .bytes
-            .clone();
+        let challenge = net.last_to(addr(66));
         let (h, _) = wire::decode_datagram(&challenge).expect("valid");
         assert_eq!(h.kind, Kind::Challenge);
         let Phase::AwaitProof(half_open) = net.nodes[0].1.links[0].as_ref().expect("link").half_open[0]
@@ -969,21 +953,10 @@ mod tests {
         else {
             panic!("a half-open responder");
         };
-        let forged = message(
-            Kind::Proof,
-            half_open,
-            &handshake::encode_payload(&handshake::Proof { proof: [9; 32] }),
-        );
+        let forged = crate::session::testing::proof_message(half_open, [9; 32]);
         net.inject(addr(66), addr(0), forged);
         assert_eq!(net.drops(addr(0), DropReason::AuthFailed), 1);
-        let refused = net
-            .sent
-            .iter()
-            .rev()
-            .find(|p| p.to == addr(66))
-            .expect("refused")
-            .bytes
-            .clone();
+        let refused = net.last_to(addr(66));
         let (h, p) = wire::decode_datagram(&refused).expect("valid");
         assert_eq!(h.kind, Kind::Refused);
         assert_eq!(

@@ -557,11 +557,6 @@ impl LinkSession {
         &self.link
     }
 
-    /// The session's policy.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
     /// Where the session is.
     pub fn phase(&self) -> Phase {
         match &self.state {
@@ -960,11 +955,6 @@ impl LinkSession {
         Some(Kind::Keepalive)
     }
 
-    /// Whether a transmit is waiting (without taking it).
-    pub fn has_transmit(&self) -> bool {
-        !self.queue.is_empty() || matches!(&self.state, State::Up(up) if up.keepalive_due)
-    }
-
     /// The next event, oldest first.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -1055,6 +1045,15 @@ pub(crate) mod testing {
         std::iter::from_fn(|| s.poll_event()).collect()
     }
 
+    /// A Proof message for session `id` carrying `proof`.
+    pub(crate) fn proof_message(id: u32, proof: [u8; 32]) -> Vec<u8> {
+        message(
+            Kind::Proof,
+            id,
+            &handshake::encode_payload(&handshake::Proof { proof }),
+        )
+    }
+
     /// The Hello a dialing session sends first, decoded.
     pub(crate) fn hello_of(message: &[u8]) -> Hello {
         let (h, p) = wire::decode_datagram(message).expect("a message");
@@ -1100,6 +1099,19 @@ mod tests {
             policy,
             now,
         )
+    }
+
+    /// A pair of `policy` up at `now`, their events taken.
+    fn up_pair(policy: Policy, now: Instant) -> (LinkSession, LinkSession) {
+        let (mut i, mut r) = pair(policy, now);
+        assert!(pump(&mut i, &mut r, now, |_, _| true).is_empty());
+        assert!(established(&events(&mut i)).is_some() && established(&events(&mut r)).is_some());
+        (i, r)
+    }
+
+    /// Checks why a session ended, as its driver would report it.
+    fn assert_lost(s: &mut LinkSession, want: &str) {
+        assert_eq!(lost(&events(s)).map(Lost::to_string).as_deref(), Some(want));
     }
 
     /// Moves messages both ways at `now` until both are quiet; `deliver(from_initiator,
@@ -1321,11 +1333,7 @@ mod tests {
             panic!("{:?}", r.phase());
         };
         drain(&mut r, now);
-        let forged = message(
-            Kind::Proof,
-            id,
-            &handshake::encode_payload(&handshake::Proof { proof: [3; 32] }),
-        );
+        let forged = proof_message(id, [3; 32]);
         assert_eq!(
             r.handle_input(&forged, now),
             Input::Dropped(DropReason::AuthFailed)
@@ -1401,11 +1409,7 @@ mod tests {
         let Phase::AwaitProof(id) = r.phase() else {
             panic!("{:?}", r.phase());
         };
-        let proof = message(
-            Kind::Proof,
-            id,
-            &handshake::encode_payload(&handshake::Proof { proof: [0; 32] }),
-        );
+        let proof = proof_message(id, [0; 32]);
         assert_eq!(
             r.handle_input(&proof, now),
             Input::Dropped(DropReason::AuthFailed)
@@ -1441,10 +1445,7 @@ mod tests {
     fn keepalive_stamps_measure_the_round_trip() {
         let now = Instant::now();
         for policy in [Policy::tcp(), Policy::udp()] {
-            let (mut i, mut r) = pair(policy, now);
-            pump(&mut i, &mut r, now, |_, _| true);
-            events(&mut i);
-            events(&mut r);
+            let (mut i, mut r) = up_pair(policy, now);
             // Messages take 10 ms each way; run for 3 s of virtual time.
             let one_way = Duration::from_millis(10);
             let mut in_flight: Vec<(Instant, bool, Vec<u8>)> = Vec::new();
@@ -1481,9 +1482,7 @@ mod tests {
     #[test]
     fn a_silent_datagram_peer_is_dead_after_the_deadline() {
         let now = Instant::now();
-        let (mut i, mut r) = pair(Policy::udp(), now);
-        pump(&mut i, &mut r, now, |_, _| true);
-        events(&mut i);
+        let (mut i, _) = up_pair(Policy::udp(), now);
         // Keepalives go out every interval; nothing comes back.
         let mut t = now;
         let mut keepalives = 0;
@@ -1494,17 +1493,13 @@ mod tests {
         }
         assert_eq!(t - now, DEAD_AFTER);
         assert_eq!(keepalives, 12, "at 0.4 s, 0.8 s ... 4.8 s");
-        let ev = events(&mut i);
-        let l = lost(&ev).expect("lost");
-        assert_eq!(l.to_string(), "no datagram from the peer for 5s");
+        assert_lost(&mut i, "no datagram from the peer for 5s");
     }
 
     #[test]
     fn a_stream_peer_is_dead_only_once_it_has_kept_alive() {
         let now = Instant::now();
-        let (mut i, mut r) = pair(Policy::tcp(), now);
-        pump(&mut i, &mut r, now, |_, _| true);
-        events(&mut i);
+        let (mut i, _) = up_pair(Policy::tcp(), now);
         // The first keepalive is due at once.
         assert_eq!(i.poll_timeout(), Some(now));
         i.handle_timeout(now);
@@ -1519,25 +1514,22 @@ mod tests {
         assert_eq!(i.handle_input(&keepalive, later), Input::Consumed);
         assert_eq!(i.poll_timeout(), Some(later + KEEPALIVE));
         i.handle_timeout(later + DEAD_AFTER);
-        let l = lost(&events(&mut i)).cloned().expect("lost");
-        assert_eq!(l.to_string(), "no message from the peer for 5s");
+        assert_lost(&mut i, "no message from the peer for 5s");
     }
 
     #[test]
     fn handshake_only_sessions_have_no_timers_once_up() {
         let now = Instant::now();
-        let (mut i, mut r) = pair(Policy::handshake_only(), now);
-        pump(&mut i, &mut r, now, |_, _| true);
-        assert!(i.up_id().is_some() && r.up_id().is_some());
+        let (mut i, mut r) = up_pair(Policy::handshake_only(), now);
         assert_eq!((i.poll_timeout(), r.poll_timeout()), (None, None));
-        assert!(!i.has_transmit() && !r.has_transmit());
+        let later = now + Duration::from_secs(60);
+        assert!(drain(&mut i, later).is_empty() && drain(&mut r, later).is_empty());
     }
 
     #[test]
     fn a_reset_ends_a_dialing_session_and_never_a_waiting_one() {
         let now = Instant::now();
-        let (mut i, mut r) = pair(Policy::udp(), now);
-        pump(&mut i, &mut r, now, |_, _| true);
+        let (mut i, mut r) = up_pair(Policy::udp(), now);
         let id = i.up_id().expect("up");
         let reset = message(Kind::Reset, id, &[]);
         assert_eq!(r.handle_input(&reset, now), Input::Consumed);
@@ -1765,9 +1757,10 @@ mod tests {
                         .ok()
                         .filter(|(h, _)| h.kind == Kind::Hello)
                         .and_then(|(_, p)| handshake::decode_hello(p).ok());
+                    // The first Hello (or one after the responder gave up) opens it.
+                    let opens = r.as_ref().is_none_or(LinkSession::is_closed);
                     match (r.as_mut(), hello) {
-                        // The first Hello (or one after the responder gave up) opens it.
-                        (None, Some(h)) => {
+                        (_, Some(h)) if opens => {
                             r = Some(LinkSession::respond(
                                 &b,
                                 &h,
@@ -1778,21 +1771,10 @@ mod tests {
                                 &mut rng,
                             ))
                         }
-                        (Some(s), Some(h)) if s.is_closed() => {
-                            *s = LinkSession::respond(
-                                &b,
-                                &h,
-                                Admission::Accept(0),
-                                [0; 32],
-                                Policy::udp(),
-                                now,
-                                &mut rng,
-                            )
-                        }
                         (Some(s), _) => {
                             s.handle_input(&m, now);
                         }
-                        (None, None) => {}
+                        (None, _) => {}
                     }
                 } else {
                     i.handle_input(&m, now);

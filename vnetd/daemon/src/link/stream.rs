@@ -90,11 +90,6 @@ impl Inbox {
     }
 }
 
-/// Links are admitted at their Hello: no session of theirs waits for approval.
-pub(crate) fn no_approval(_peer_node: &str) -> Result<(), String> {
-    Ok(())
-}
-
 /// Runs `session`'s handshake over a stream until the session is up: sends what it
 /// polls, feeds it each message that arrives (counting bad ones in `drops`) and runs its
 /// timer. A responder held after the peer's proof (a probe) is approved or refused with
@@ -158,6 +153,21 @@ where
     }
 }
 
+/// [`establish`] for a link, admitted at its Hello: nothing waits for approval.
+async fn establish_link<R, W>(
+    daemon: &Daemon,
+    session: &mut LinkSession,
+    inbox: &mut Inbox,
+    read: &mut R,
+    write: &mut W,
+) -> Result<Session, LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    establish(session, inbox, read, write, &daemon.datapath.drops, |_| Ok(())).await
+}
+
 /// Reads the Hello that opens an accepted stream, within the stream handshake timeout;
 /// anything else is counted as a bad message.
 pub(crate) async fn read_hello<R: AsyncRead + Unpin>(
@@ -210,15 +220,7 @@ where
         Instant::now(),
         &mut entropy(),
     );
-    let agreed = establish(
-        &mut session,
-        inbox,
-        read,
-        write,
-        &daemon.datapath.drops,
-        no_approval,
-    )
-    .await?;
+    let agreed = establish_link(daemon, &mut session, inbox, read, write).await?;
     // The link may have gone while the handshake ran.
     let (_, info) = daemon
         .link(&agreed.link)
@@ -256,15 +258,7 @@ where
         Instant::now(),
         &mut entropy(),
     );
-    let agreed = establish(
-        &mut session,
-        inbox,
-        read,
-        write,
-        &daemon.datapath.drops,
-        no_approval,
-    )
-    .await?;
+    let agreed = establish_link(daemon, &mut session, inbox, read, write).await?;
     Ok((session, agreed))
 }
 
