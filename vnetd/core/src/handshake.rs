@@ -493,19 +493,7 @@ impl Initiator {
                 "challenge: session id 0 is reserved".into(),
             ));
         }
-        let t = Transcript {
-            link: &self.link,
-            node_i: &self.node,
-            node_r: &c.node,
-            nonce_i: &self.offer.nonce,
-            nonce_r: &c.nonce,
-            ephemeral_i: &self.ephemeral,
-            ephemeral_r: &c.ephemeral,
-            caps_i: self.offer.caps,
-            caps_r: c.caps,
-            binding: &self.offer.binding,
-            session: c.session,
-        };
+        let t = self.transcript(c);
         if !t.verify(&self.key, RESPONDER_LABEL, &c.proof) {
             return Err(HandshakeError::BadProof);
         }
@@ -518,6 +506,32 @@ impl Initiator {
             peer_caps: c.caps,
         };
         Ok(Proof { proof })
+    }
+
+    /// Whether [`Initiator::on_challenge`] would take `c`, without the key derivation:
+    /// picks, among several handshakes to one peer address, the one a Challenge answers
+    /// (it names no link).
+    pub fn verifies(&self, c: &Challenge) -> bool {
+        matches!(self.state, InitiatorState::AwaitChallenge)
+            && c.node != self.node
+            && c.session != 0
+            && self.transcript(c).verify(&self.key, RESPONDER_LABEL, &c.proof)
+    }
+
+    fn transcript<'a>(&'a self, c: &'a Challenge) -> Transcript<'a> {
+        Transcript {
+            link: &self.link,
+            node_i: &self.node,
+            node_r: &c.node,
+            nonce_i: &self.offer.nonce,
+            nonce_r: &c.nonce,
+            ephemeral_i: &self.ephemeral,
+            ephemeral_r: &c.ephemeral,
+            caps_i: self.offer.caps,
+            caps_r: c.caps,
+            binding: &self.offer.binding,
+            session: c.session,
+        }
     }
 
     /// On Welcome (with the header's session id, which must equal the challenge's): the
@@ -660,6 +674,19 @@ pub struct Session {
     pub own_caps: u32,
     /// Capabilities the peer asked for or offered.
     pub peer_caps: u32,
+}
+
+impl Session {
+    /// Whether frames on this session are sealed with its keys ([`CAP_ENCRYPT`]; the
+    /// responder refuses a Hello whose wish differs from its own).
+    pub fn encrypts(&self) -> bool {
+        self.own_caps & CAP_ENCRYPT != 0
+    }
+
+    /// Whether both ends take super-frames ([`CAP_SUPERFRAMES`]).
+    pub fn superframes(&self) -> bool {
+        self.own_caps & self.peer_caps & CAP_SUPERFRAMES != 0
+    }
 }
 
 /// Why a handshake step failed.
@@ -837,6 +864,25 @@ mod tests {
             let (_, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
             assert_eq!(init.on_challenge(&c), Err(HandshakeError::BadProof), "{what}");
         }
+    }
+
+    #[test]
+    fn verifies_agrees_with_on_challenge() {
+        let (init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
+        let (_, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
+        assert!(init.verifies(&c));
+        let mut forged = c.clone();
+        flip(&mut forged.proof, 9);
+        assert!(!init.verifies(&forged));
+        // Another handshake's Challenge (other nonce) does not verify either.
+        let (other, _) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_R));
+        assert!(!other.verifies(&c));
+        // Nor one reflected from ourselves, nor one after the Challenge was taken.
+        let (_, mine) = Responder::on_hello(key(), "host-a", &hello, offer(NONCE_R), SESSION);
+        assert!(!init.verifies(&mine));
+        let mut taken = init.clone();
+        taken.on_challenge(&c).expect("genuine");
+        assert!(!taken.verifies(&c));
     }
 
     #[test]

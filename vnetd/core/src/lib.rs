@@ -10,6 +10,8 @@
 //!   forwarding step, drop reasons and counters.
 //! - [`wire`]: the link message codec; [`handshake`]: link authentication;
 //!   [`crypto`]: session keys and sealing; [`fragment`]: datagram fragmentation.
+//! - [`session`]: one link path's life (handshake, keepalives, dead peer, reset);
+//!   [`endpoint`]: every UDP link's sessions behind one socket.
 //! - [`offload`]: virtio-net headers, segmentation, checksums; [`gro`]: coalescing
 //!   received segments into super-frames.
 //! - [`measure`]: round-trip time, throughput, probe bookkeeping.
@@ -21,6 +23,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod endpoint;
 pub mod forward;
 pub mod fragment;
 pub mod gro;
@@ -30,5 +33,6 @@ pub mod measure;
 pub mod offload;
 pub mod rate;
 pub mod rule;
+pub mod session;
 pub mod table;
 pub mod wire;

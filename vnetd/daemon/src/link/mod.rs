@@ -1,6 +1,9 @@
-//! Link drivers: TCP (length-framed messages on a stream) and UDP (one message per
-//! datagram). Both open with the [`vnet_core::handshake`] exchange and carry
-//! [`vnet_core::wire`] messages.
+//! Link drivers: TCP (length-framed messages on a stream), UDP (one message per
+//! datagram) and QUIC (the handshake on a stream, frames as datagrams). They only move
+//! bytes: each path's lifecycle (handshake, keepalives, dead peer, reset) is a
+//! [`vnet_core::session::LinkSession`], every UDP link's sessions one
+//! [`vnet_core::endpoint::Endpoint`]; the drivers feed them what arrives, send what
+//! they poll, and open, seal and forward the frames.
 
 pub(crate) mod meter;
 pub mod probe;
@@ -42,13 +45,17 @@ pub(crate) fn forward_from<'a>(
     }
 }
 
-/// Fresh randomness and capabilities for one side of a handshake.
-pub(crate) fn offer(caps: u32, binding: [u8; 32]) -> vnet_core::handshake::Offer {
-    vnet_core::handshake::Offer {
-        nonce: rand::random(),
-        ephemeral_secret: rand::random(),
-        caps,
-        binding,
+/// The randomness sessions draw (nonces, ephemeral secrets, session ids): the thread's
+/// CSPRNG.
+pub(crate) fn entropy() -> impl FnMut(&mut [u8]) + Send {
+    |dest: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::thread_rng(), dest)
+}
+
+/// Who this daemon is in handshakes.
+pub(crate) fn credentials(daemon: &crate::daemon::Daemon) -> vnet_core::session::Credentials {
+    vnet_core::session::Credentials {
+        node: daemon.identity.node.clone(),
+        key: daemon.identity.key.clone(),
     }
 }
 

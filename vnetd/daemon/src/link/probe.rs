@@ -21,19 +21,19 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::daemon::Daemon;
-use crate::link::stream::{caps_mismatch, initiate, prove, refuse, send, LinkError};
+use crate::link::stream::{establish, initiate, Inbox, LinkError};
+use crate::link::{credentials, entropy};
 use vnet_control::proto::{ControlError, ProbeResult};
-use vnet_core::forward::DropReason;
 use vnet_core::handshake::{HandshakeError, Hello};
 use vnet_core::measure::{
     ProbeGate, ProbePlan, ProbeReceiver, ProbeRefusal, ProbeReport, ProbeReportError, PROBE_MAX_BYTES,
     PROBE_MAX_TIME, PROBE_MIN_INTERVAL, PROBE_REPORT_LEN,
 };
-use vnet_core::wire::Kind;
+use vnet_core::session::{Admission, LinkSession, Lost, Policy};
 
 /// The link name a probe's Hello carries.
 pub const PROBE_LINK: &str = ".probe";
@@ -130,8 +130,8 @@ enum ProbeError {
 impl From<LinkError> for ProbeError {
     fn from(e: LinkError) -> ProbeError {
         match e {
-            LinkError::Refused(reason) => ProbeError::Refused(reason),
-            LinkError::Handshake(HandshakeError::BadProof) => ProbeError::Auth,
+            LinkError::Session(Lost::PeerRefused(reason)) => ProbeError::Refused(reason),
+            LinkError::Session(Lost::Handshake(HandshakeError::BadProof)) => ProbeError::Auth,
             e => ProbeError::Link(e),
         }
     }
@@ -169,9 +169,7 @@ pub async fn run(
             Ok(r)
         }
         Err(e) => {
-            if let ProbeError::Auth = e {
-                daemon.datapath.drops.add(DropReason::AuthFailed);
-            }
+            // A failed authentication is counted where the Challenge was checked.
             tracing::warn!(peer = %to, "probe failed: {e}");
             Err(ControlError::Probe(format!("{to}: {e}")))
         }
@@ -179,15 +177,24 @@ pub async fn run(
 }
 
 async fn probe(daemon: &Daemon, to: SocketAddr, plan: ProbePlan) -> Result<ProbeResult, ProbeError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
         .await
         .map_err(|_| LinkError::Timeout)??;
     // The handshake's small messages must not wait for Nagle: their timing is the RTT.
     stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
+    let (mut read, mut write) = stream.split();
+    let mut inbox = Inbox::default();
     let started = Instant::now();
-    let session = initiate(daemon, PROBE_LINK, &mut read, &mut write, [0; 32]).await?;
+    let (_, session) = initiate(
+        daemon,
+        PROBE_LINK,
+        Policy::handshake_only(),
+        [0; 32],
+        &mut inbox,
+        &mut read,
+        &mut write,
+    )
+    .await?;
     // Two round trips: Hello → Challenge and Proof → Welcome.
     let rtt = started.elapsed() / 2;
 
@@ -213,6 +220,9 @@ async fn probe(daemon: &Daemon, to: SocketAddr, plan: ProbePlan) -> Result<Probe
     // End of data: the responder's read returns 0 and it answers.
     write.shutdown().await?;
     let mut buf = [0u8; PROBE_REPORT_LEN];
+    // The report may have come with the handshake's last read.
+    let rest = inbox.into_rest();
+    let mut read = rest.as_slice().chain(read);
     match tokio::time::timeout(REPORT_WAIT, read.read_exact(&mut buf)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(ProbeError::NoReport(e.to_string())),
@@ -234,11 +244,12 @@ async fn probe(daemon: &Daemon, to: SocketAddr, plan: ProbePlan) -> Result<Probe
 
 /// Answers a probe on an accepted TCP connection whose Hello named [`PROBE_LINK`]:
 /// proves the key both ways, admits the probe (or refuses it with the reason), counts
-/// the data and sends the report. Returns the report and the prober's node name.
+/// the data and sends the report. `inbox` holds what was read past the Hello. Returns the
+/// report and the prober's node name.
 pub(crate) async fn respond<R, W>(
     daemon: &Daemon,
-    from: SocketAddr,
     hello: &Hello,
+    mut inbox: Inbox,
     read: &mut R,
     write: &mut W,
 ) -> Result<(ProbeReport, String), LinkError>
@@ -246,18 +257,37 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    // Probes carry no frames, so there is nothing to encrypt.
-    if let Some(reason) = caps_mismatch(PROBE_LINK, 0, hello.caps) {
-        return Err(refuse(write, &reason).await);
-    }
-    let session = prove(daemon, from, hello, 0, read, write, [0; 32]).await?;
-    let _ticket = match daemon.probes.admit(Role::Answering) {
-        Ok(t) => t,
-        Err(e) => return Err(refuse(write, &e.to_string()).await),
+    // Probes carry no frames, so there is nothing to encrypt; admission waits for the
+    // proof, so that nobody without the key can keep probes out.
+    let mut session = LinkSession::respond(
+        &credentials(daemon),
+        hello,
+        Admission::AcceptAfterApproval(0),
+        [0; 32],
+        Policy::handshake_only(),
+        Instant::now(),
+        &mut entropy(),
+    );
+    let mut ticket = None;
+    let admit = |_: &str| {
+        ticket = Some(daemon.probes.admit(Role::Answering).map_err(|e| e.to_string())?);
+        Ok(())
     };
-    send(write, Kind::Welcome, session.id, &[]).await?;
+    let session = establish(
+        &mut session,
+        &mut inbox,
+        read,
+        write,
+        &daemon.datapath.drops,
+        admit,
+    )
+    .await?;
     let started = Instant::now();
     let mut receiver = ProbeReceiver::default();
+    let rest = inbox.into_rest();
+    if !rest.is_empty() {
+        receiver.on_data(started.elapsed(), rest.len() as u64);
+    }
     let mut buf = vec![0u8; CHUNK];
     loop {
         let Ok(n) = tokio::time::timeout_at((started + RECEIVE_LIMIT).into(), read.read(&mut buf)).await
@@ -277,5 +307,6 @@ where
     let report = receiver.report();
     write.write_all(&report.encode()).await?;
     write.shutdown().await?;
+    drop(ticket);
     Ok((report, session.peer_node))
 }

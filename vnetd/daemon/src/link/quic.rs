@@ -3,8 +3,9 @@
 //! transport.
 //!
 //! **Authentication.** TLS 1.3 runs with throwaway self-signed certificates that nobody
-//! verifies; the link is authenticated by vnet's own handshake ([`vnet_core::handshake`]) on
-//! the connection's first bidirectional stream, with the TLS exporter as channel binding:
+//! verifies; the link is authenticated by vnet's own handshake (a
+//! [`vnet_core::session::LinkSession`] with [`Policy::handshake_only`]) on the connection's
+//! first bidirectional stream, with the TLS exporter as channel binding:
 //! both ends mix `export_keying_material("vnet/1 quic")` into their proofs, so a man in the
 //! middle that terminates TLS on each side sees different exporters and the proofs fail.
 //! Confidentiality and integrity of the datagrams come from QUIC itself.
@@ -34,7 +35,7 @@ use tokio::task::JoinHandle;
 use crate::daemon::{Daemon, LinkInfo};
 use crate::datapath::PortTx;
 use crate::link::meter::SessionMeter;
-use crate::link::stream::{adopt_session, initiate, redial, respond, LinkError, HANDSHAKE_TIMEOUT};
+use crate::link::stream::{adopt_session, initiate, read_hello, redial, respond, Answered, Inbox, LinkError};
 use crate::link::{forward_from, tap_coalescer, update, SOCKET_BUFFER};
 use vnet_control::proto::LinkState;
 use vnet_core::config::LinkProto;
@@ -42,13 +43,14 @@ use vnet_core::forward::DropReason;
 use vnet_core::fragment::{self, Reassembler};
 use vnet_core::handshake::Session;
 use vnet_core::rule::Output;
+use vnet_core::session::{Policy, DEAD_AFTER, KEEPALIVE, STREAM_HANDSHAKE_TIMEOUT};
 
 const ALPN: &[u8] = b"vnet/1";
 const EXPORTER_LABEL: &[u8] = b"vnet/1 quic";
-/// Keepalive and idle timeout: a dead peer is noticed within the idle timeout, and a
-/// restarted one is re-dialed by the dialer's loop.
-const KEEPALIVE: Duration = Duration::from_millis(400);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// QUIC's own keepalive is the links' ([`KEEPALIVE`]); its idle timeout their dead-peer
+/// timeout ([`DEAD_AFTER`]): a dead peer is noticed within it, and a restarted one is
+/// re-dialed by the dialer's loop.
+const IDLE_TIMEOUT: Duration = DEAD_AFTER;
 /// Datagram buffers: a few milliseconds of frames at link speed.
 const DATAGRAM_BUFFER: usize = 4 * 1024 * 1024;
 
@@ -240,17 +242,26 @@ pub fn spawn_dialer(
     info: Arc<Mutex<LinkInfo>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        redial(&daemon, &name, peer, &info, || async {
+        redial(&name, peer, &info, || async {
             let connecting = endpoint
                 .endpoint
                 .connect_with(endpoint.client.clone(), peer, "vnet")
                 .map_err(transport_error)?;
-            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+            let conn = tokio::time::timeout(STREAM_HANDSHAKE_TIMEOUT, connecting)
                 .await
                 .map_err(|_| LinkError::Timeout)?
                 .map_err(transport_error)?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(transport_error)?;
-            let session = initiate(&daemon, &name, &mut recv, &mut send, binding(&conn)?).await?;
+            let (_, session) = initiate(
+                &daemon,
+                &name,
+                Policy::handshake_only(),
+                binding(&conn)?,
+                &mut Inbox::default(),
+                &mut recv,
+                &mut send,
+            )
+            .await?;
             tracing::info!(link = %name, peer = %peer, node = %session.peer_node, "link up (quic, dialed)");
             Ok(run_session(&daemon, &name, session, conn, &info).await)
         })
@@ -273,21 +284,28 @@ pub async fn serve(daemon: Arc<Daemon>, endpoint: Endpoint) {
 
 async fn accept(daemon: Arc<Daemon>, incoming: quinn::Incoming) -> Result<(), LinkError> {
     let from = incoming.remote_address();
-    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
+    let conn = tokio::time::timeout(STREAM_HANDSHAKE_TIMEOUT, incoming)
         .await
         .map_err(|_| LinkError::Timeout)?
         .map_err(transport_error)?;
-    let (mut send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi())
+    let (mut send, mut recv) = tokio::time::timeout(STREAM_HANDSHAKE_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| LinkError::Timeout)?
         .map_err(transport_error)?;
-    let (session, info) = respond(
+    let mut inbox = Inbox::default();
+    let hello = read_hello(&daemon.datapath.drops, &mut inbox, &mut recv).await?;
+    let Answered {
+        agreed: session,
+        info,
+        ..
+    } = respond(
         &daemon,
-        from,
         LinkProto::Quic,
+        &hello,
+        binding(&conn)?,
+        &mut inbox,
         &mut recv,
         &mut send,
-        binding(&conn)?,
     )
     .await?;
     tracing::info!(link = %session.link, peer = %from, node = %session.peer_node, "link up (quic, accepted)");
@@ -327,7 +345,7 @@ async fn run_session(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                meter.sample_counters();
+                meter.sample_counters(std::time::Instant::now());
                 meter.sample_rtt(conn.rtt());
             }
         }

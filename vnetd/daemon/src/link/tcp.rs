@@ -2,22 +2,20 @@
 //! backoff), an acceptor for links the peer dials (and for bandwidth probes,
 //! [`super::probe`]), and the session that moves frames.
 //!
-//! A session runs on a data-path thread of its own ([`crate::threads`]): it reads and
-//! forwards the peer's messages, flushes what the socket did not take, and sends a stamped
-//! keepalive every `KEEPALIVE`, so that both ends measure the round-trip time
-//! (`link::meter`); once a peer has sent one, its silence for `DEAD_AFTER` ends the
-//! session (a host gone without closing the connection). Every forwarding thread writes
-//! its frames straight to the socket ([`TcpTx`]); only what the socket cannot take at
-//! once waits in the session's outbox.
-
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+//! A session runs on a data-path thread of its own ([`crate::threads`]): it reads the
+//! peer's messages, feeds each to the [`LinkSession`] and forwards the frames it hands
+//! back, flushes what the socket did not take, and sends the stamped keepalives the
+//! session polls ([`Policy::tcp`]: every 400 ms, so that both ends measure the round-trip
+//! time; once a peer has sent one, its silence for 5 s ends the session, a host gone
+//! without closing the connection). Every forwarding thread writes its frames straight to
+//! the socket ([`TcpTx`]); only what the socket cannot take at once waits in the
+//! session's outbox.
 
 use std::io::{ErrorKind, Read, Write};
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -26,9 +24,8 @@ use crate::datapath::{PortTx, Worker};
 use crate::link::meter::SessionMeter;
 use crate::link::probe::{self, PROBE_LINK};
 use crate::link::stream::{
-    adopt_session, initiate, read_hello, redial, respond_link, session_crypto, superframes, LinkError,
+    adopt_session, initiate, read_hello, redial, respond, session_crypto, Answered, Inbox, LinkError,
 };
-use crate::link::udp::{DEAD_AFTER, KEEPALIVE};
 use crate::link::{deliver, frame_payload, idle_state, update};
 use crate::threads::{thread_name, DataThread, Stop};
 use vnet_control::proto::LinkState;
@@ -36,6 +33,7 @@ use vnet_core::config::LinkProto;
 use vnet_core::forward::{DropReason, PortStats};
 use vnet_core::handshake::Session;
 use vnet_core::rule::Output;
+use vnet_core::session::{Event, Input, LinkSession, Policy};
 use vnet_core::table::PortId;
 use vnet_core::wire::{self, Kind, HEADER_LEN};
 use vnet_seal::Opener;
@@ -51,45 +49,51 @@ pub fn spawn_dialer(
     info: Arc<Mutex<LinkInfo>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        redial(&daemon, &name, peer, &info, || async {
-            let (session, stream, initial) = dial(&daemon, &name, peer).await?;
-            tracing::info!(link = %name, peer = %peer, node = %session.peer_node, "link up (tcp, dialed)");
-            Ok(run_session(&daemon, &name, session, peer, stream, initial, &info).await)
+        redial(&name, peer, &info, || async {
+            let (session, agreed, stream, initial) = dial(&daemon, &name, peer).await?;
+            tracing::info!(link = %name, peer = %peer, node = %agreed.peer_node, "link up (tcp, dialed)");
+            let up = Up {
+                session,
+                agreed,
+                info: info.clone(),
+            };
+            Ok(run_session(&daemon, up, peer, stream, initial).await)
         })
         .await
     })
 }
 
-/// Connects and authenticates; returns the session, the connection and what was read
-/// past the handshake.
+/// An up TCP session, for its data-path thread.
+struct Up {
+    session: LinkSession,
+    agreed: Session,
+    info: Arc<Mutex<LinkInfo>>,
+}
+
+/// Connects and authenticates; returns the session, what both ends agreed, the
+/// connection and what was read past the handshake.
 async fn dial(
     daemon: &Daemon,
     name: &str,
     peer: SocketAddr,
-) -> Result<(Session, TcpStream, Vec<u8>), LinkError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
+) -> Result<(LinkSession, Session, TcpStream, Vec<u8>), LinkError> {
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
         .await
         .map_err(|_| LinkError::Timeout)??;
     stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-    let session = initiate(daemon, name, &mut read, &mut write, [0; 32]).await?;
-    let (stream, initial) = rejoin(read, write)?;
-    Ok((session, stream, initial))
-}
-
-/// The connection again from its halves, and the bytes the handshake's reader buffered
-/// beyond the handshake (the peer may send right after its last handshake message).
-fn rejoin(
-    read: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    write: tokio::net::tcp::OwnedWriteHalf,
-) -> Result<(TcpStream, Vec<u8>), LinkError> {
-    let initial = read.buffer().to_vec();
-    let stream = read
-        .into_inner()
-        .reunite(write)
-        .map_err(|_| LinkError::Transport("connection halves do not match".into()))?;
-    Ok((stream, initial))
+    let mut inbox = Inbox::default();
+    let (mut read, mut write) = stream.split();
+    let (session, agreed) = initiate(
+        daemon,
+        name,
+        Policy::tcp(),
+        [0; 32],
+        &mut inbox,
+        &mut read,
+        &mut write,
+    )
+    .await?;
+    Ok((session, agreed, stream, inbox.into_rest()))
 }
 
 /// Accepts connections for links that wait for their peer, forever.
@@ -113,55 +117,68 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
     }
 }
 
-async fn accept(daemon: Arc<Daemon>, stream: TcpStream, from: SocketAddr) -> Result<(), LinkError> {
+async fn accept(daemon: Arc<Daemon>, mut stream: TcpStream, from: SocketAddr) -> Result<(), LinkError> {
     stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-    let hello = read_hello(&daemon, &mut read).await?;
+    let mut inbox = Inbox::default();
+    let (mut read, mut write) = stream.split();
+    let hello = read_hello(&daemon.datapath.drops, &mut inbox, &mut read).await?;
     if hello.link == PROBE_LINK {
         // The probe runs on this connection's own task: the accept loop goes on.
-        let (report, node) = probe::respond(&daemon, from, &hello, &mut read, &mut write).await?;
+        let (report, node) = probe::respond(&daemon, &hello, inbox, &mut read, &mut write).await?;
         tracing::info!(peer = %from, node = %node, bytes = report.bytes, mbps = report.mbps().unwrap_or(0.0), "answered a bandwidth probe");
         return Ok(());
     }
-    let (session, info) = respond_link(
+    let Answered {
+        session,
+        agreed,
+        info,
+    } = respond(
         &daemon,
-        from,
         LinkProto::Tcp,
         &hello,
+        [0; 32],
+        &mut inbox,
         &mut read,
         &mut write,
-        [0; 32],
     )
     .await?;
-    tracing::info!(link = %session.link, peer = %from, node = %session.peer_node, "link up (tcp, accepted)");
-    let (stream, initial) = rejoin(read, write)?;
-    let (task_daemon, task_info, name) = (daemon.clone(), info.clone(), session.link.clone());
-    adopt_session(&daemon, session.link.clone(), info, async move {
-        run_session(&task_daemon, &name, session, from, stream, initial, &task_info).await
+    tracing::info!(link = %agreed.link, peer = %from, node = %agreed.peer_node, "link up (tcp, accepted)");
+    let (task_daemon, name) = (daemon.clone(), agreed.link.clone());
+    let up = Up {
+        session,
+        agreed,
+        info: info.clone(),
+    };
+    let initial = inbox.into_rest();
+    adopt_session(&daemon, name, info, async move {
+        run_session(&task_daemon, up, from, stream, initial).await
     });
     Ok(())
 }
 
 /// Moves frames on an authenticated connection until it fails; returns why it ended.
-/// `initial` holds what the handshake's reader had already buffered past the handshake.
+/// `initial` holds what the handshake's reader had already taken past the handshake.
 async fn run_session(
     daemon: &Arc<Daemon>,
-    name: &str,
-    session: Session,
+    up: Up,
     remote: SocketAddr,
     stream: TcpStream,
     initial: Vec<u8>,
-    info: &Arc<Mutex<LinkInfo>>,
 ) -> LinkError {
+    let Up {
+        session,
+        agreed,
+        info,
+    } = up;
+    let name = agreed.link.as_str();
     let (port, stats) = daemon.port(&Output::Link(name.to_string()));
-    let meter = Arc::new(SessionMeter::new(info.clone(), stats.clone()));
+    let meter = SessionMeter::new(info.clone(), stats.clone());
     let (socket, stop) = match (stream.into_std(), Stop::new()) {
         (Ok(s), Ok(stop)) => (Arc::new(s), stop),
         (Err(e), _) | (_, Err(e)) => return LinkError::Io(e),
     };
     let tx = Arc::new(TcpTx::new(socket.clone(), stop.clone()));
-    let (sealer, opener) = session_crypto(&session).unzip();
+    let (sealer, opener) = session_crypto(&agreed).unzip();
     let io = SessionIo {
         daemon: daemon.clone(),
         port,
@@ -170,7 +187,7 @@ async fn run_session(
         tx: tx.clone(),
         opener,
         meter,
-        session: session.id,
+        session,
     };
     let (thread, ended) = match DataThread::spawn(thread_name("tcp", name), stop, move |stop: &Stop| {
         io.run(initial, stop)
@@ -189,12 +206,12 @@ async fn run_session(
         PortTx::Tcp {
             tx,
             sealer,
-            superframes: superframes(&session),
+            superframes: agreed.superframes(),
         },
     );
-    update(info, |i| {
+    update(&info, |i| {
         i.state = LinkState::Up;
-        i.peer_node = Some(session.peer_node.clone());
+        i.peer_node = Some(agreed.peer_node.clone());
         i.remote = Some(remote);
         i.sessions += 1;
         i.last_error = None;
@@ -203,7 +220,7 @@ async fn run_session(
         .await
         .unwrap_or_else(|_| LinkError::Transport("the session thread panicked".into()));
     daemon.link_down(name, token);
-    update(info, |i| i.state = idle_state(false));
+    update(&info, |i| i.state = idle_state(false));
     end
 }
 
@@ -362,8 +379,9 @@ struct SessionIo {
     socket: Arc<std::net::TcpStream>,
     tx: Arc<TcpTx>,
     opener: Option<Opener>,
-    meter: Arc<SessionMeter>,
-    session: u32,
+    meter: SessionMeter,
+    /// Keepalives and the dead-peer timeout.
+    session: LinkSession,
 }
 
 impl SessionIo {
@@ -382,13 +400,9 @@ impl SessionIo {
         buf[..initial.len()].copy_from_slice(&initial);
         let (mut start, mut end) = (0, initial.len());
         let mut plain = Vec::new();
-        let mut keepalive = Vec::new();
-        // A peer that has sent a keepalive keeps sending them; its silence then means it
-        // is gone (a host that vanished without closing the connection). A peer that never
-        // sent one (an older daemon) is left to TCP.
-        let mut keeps_alive = false;
-        let mut heard = Instant::now();
-        let mut next_keepalive = Instant::now();
+        let mut out = Vec::new();
+        // When the bytes being parsed arrived.
+        let mut now = Instant::now();
         loop {
             if stop.is_set() {
                 return LinkError::Transport("session stopped".into());
@@ -401,8 +415,8 @@ impl SessionIo {
                         Ok(Some((header, len))) => {
                             let payload = &buf[start + HEADER_LEN..start + len];
                             start += len;
-                            match header.kind {
-                                Kind::Frame => {
+                            match self.session.handle_message(header, payload, now) {
+                                Input::Frame(payload) => {
                                     let frame = match frame_payload(
                                         self.opener.as_mut(),
                                         &header,
@@ -424,17 +438,13 @@ impl SessionIo {
                                     {
                                         self.daemon.datapath.drops.add(reason);
                                     }
+                                    continue;
                                 }
-                                Kind::Keepalive => {
-                                    keeps_alive = true;
-                                    if self.meter.on_keepalive(payload).is_err() {
-                                        self.daemon.datapath.drops.add(DropReason::BadMessage);
-                                    }
-                                }
-                                other => {
-                                    self.daemon.datapath.drops.add(DropReason::BadMessage);
-                                    return LinkError::Unexpected(other);
-                                }
+                                Input::Consumed => {}
+                                Input::Dropped(reason) => self.daemon.datapath.drops.add(reason),
+                            }
+                            if let Some(end) = self.events() {
+                                return end;
                             }
                         }
                         Ok(None) => break,
@@ -455,7 +465,7 @@ impl SessionIo {
                     Ok(0) => return LinkError::Transport("the peer closed the connection".into()),
                     Ok(n) => {
                         end += n;
-                        heard = Instant::now();
+                        now = Instant::now();
                     }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -469,42 +479,54 @@ impl SessionIo {
                 Ok(empty) => empty,
                 Err(e) => return LinkError::Io(e),
             };
-            let now = Instant::now();
-            if now >= next_keepalive {
-                self.meter.sample_counters();
-                keepalive.clear();
-                // A keepalive payload is far below MAX_PAYLOAD: encoding cannot fail. It is
-                // stamped as it is sent, so only socket time counts as round-trip time.
-                let _ = wire::encode_message(
-                    Kind::Keepalive,
-                    0,
-                    self.session,
-                    &self.meter.keepalive(),
-                    &mut keepalive,
-                );
-                if let Err(DropReason::SendError) = self.tx.enqueue(&keepalive, usize::MAX) {
+            let tick = Instant::now();
+            if self.session.poll_timeout().is_some_and(|t| t <= tick) {
+                self.session.handle_timeout(tick);
+            }
+            // Keepalives, stamped as they are sent so only socket time counts as round trip.
+            while let Some(kind) = self.session.poll_transmit(tick, &mut out) {
+                if kind == Kind::Keepalive {
+                    self.meter.sample_counters(tick);
+                }
+                if let Err(DropReason::SendError) = self.tx.enqueue(&out, usize::MAX) {
                     return LinkError::Transport("cannot write to the connection".into());
                 }
-                next_keepalive = now + KEEPALIVE;
             }
-            if keeps_alive && now.duration_since(heard) >= DEAD_AFTER {
-                return LinkError::Transport(format!("no message from the peer for {DEAD_AFTER:?}"));
+            if let Some(end) = self.events() {
+                return end;
             }
             if drained {
                 self.daemon.datapath.report_cache(worker);
-                let mut timeout = next_keepalive.saturating_duration_since(now);
-                if keeps_alive {
-                    timeout = timeout.min((heard + DEAD_AFTER).saturating_duration_since(now));
-                }
+                let timeout = self
+                    .session
+                    .poll_timeout()
+                    .map(|t| t.saturating_duration_since(tick));
                 let interest = vnet_sys::Interest {
                     read: true,
                     write: !flushed,
                 };
-                if let Err(e) = vnet_sys::wait(&*self.socket, interest, stop.waker(), Some(timeout)) {
+                if let Err(e) = vnet_sys::wait(&*self.socket, interest, stop.waker(), timeout) {
                     return LinkError::Io(e);
                 }
             }
         }
+    }
+
+    /// Takes the session's round-trip samples; why it ended, once it has.
+    fn events(&mut self) -> Option<LinkError> {
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::Rtt(rtt) => self.meter.sample_rtt(rtt),
+                Event::Lost(lost) => return Some(LinkError::Session(lost)),
+                // The handshake is over: nothing else comes from an up session.
+                Event::Established(_)
+                | Event::Proven { .. }
+                | Event::PeerRefused(_)
+                | Event::Rejected(_)
+                | Event::Refused(_) => {}
+            }
+        }
+        None
     }
 }
 
