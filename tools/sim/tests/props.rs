@@ -85,7 +85,9 @@ fn known_findings_still_show() {
     let run = |seed| Scenario::Apply.run(seed).unwrap_or_else(|f| panic!("{f}"));
     let duplicated = run(2);
     assert!(duplicated.known.duplicated_while_replacing > 0, "{duplicated}");
-    for seed in [0, 7] {
+    // 16833019033704442697: a new route through a link being replaced (UDP to TCP) was
+    // added before the link was back, so its frames looped through a default route.
+    for seed in [0, 7, 16833019033704442697] {
         run(seed);
     }
 }
