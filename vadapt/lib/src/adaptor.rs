@@ -275,8 +275,9 @@ mod tests {
 
     #[test]
     fn migration_cost_and_margin_keep_a_marginal_plan_out() {
-        // Co-locating is worth local_bw = 1000 per demand against 190 over the direct link
-        // now: 2000 − 1700 (moving one VM) = 300 < 380 is no gain.
+        // Co-locating is worth what the two 10 Mbit/s demands leave of local_bw = 1000 each,
+        // against 190 over the direct link now: 1960 − 1700 (moving one VM) = 260 < 380 is
+        // no gain.
         let mut i = instance();
         i.local_bw = 1000.0;
         for v in &mut i.vms {
@@ -292,6 +293,26 @@ mod tests {
         assert!(d.apply);
         assert_eq!(d.plan.migrations.len(), 1);
         assert!(d.gain() > d.margin);
+    }
+
+    #[test]
+    fn a_faster_application_does_not_tip_a_direct_link_into_a_migration() {
+        // The direct link and the hosts' local forwarding are equally fast. Once the
+        // application runs at full speed over the direct link, co-locating would carry the
+        // same traffic inside one host: its residual shrinks with the traffic as the
+        // link's does, so the adaptor keeps what it has (vadapt e2e: a 1.5 Gbit/s
+        // application made a credited-constant local_bw migrate a VM it had just linked).
+        let mut i = instance();
+        i.local_bw = 200.0;
+        let mut all = star();
+        all.insert(("a".into(), "b".into()));
+        all.insert(("b".into(), "a".into()));
+        for speed in [10.0, 90.0, 150.0] {
+            i.demands.iter_mut().for_each(|d| d.bw = speed);
+            let d = decide(&i, &all, &Policy::default(), &mut solve).unwrap();
+            assert!(!d.apply, "at {speed} Mbit/s: {d:?}");
+            assert!(d.plan.migrations.is_empty(), "at {speed} Mbit/s: {d:?}");
+        }
     }
 
     #[test]

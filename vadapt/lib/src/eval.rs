@@ -8,13 +8,16 @@
 //! ```text
 //! objective = Σ_demands contribution(d) − Σ_{moved VMs} migration_cost(vm)
 //! contribution(d) = max(0, min_{e ∈ path(d)} rc(e))   for a network path
-//!                 = local_bw                           for a local pair (same host)
+//!                 = max(0, local_bw − local_load(h))   for a local pair on host h
 //!                 = 0                                  for an unrouted or broken route
 //! ```
 //!
 //! A negative residual is never a negative contribution: the overloaded link is a
 //! [`Violation::Bandwidth`] and the plan is infeasible; its demands contribute 0.
-//! Algorithms compare plans by feasibility first, objective second.
+//! `local_load(h)` is the bandwidth of the demands whose two VMs host `h` holds: its
+//! in-memory forwarding is a link of capacity `local_bw` (a credit, not a measured
+//! capacity, so exceeding it is no violation). Algorithms compare plans by feasibility
+//! first, objective second.
 //!
 //! # Constraints
 //! Per host, the compute and size of its VMs within its capacity; pinned VMs on their
@@ -214,6 +217,7 @@ pub(crate) fn evaluate_loaded(problem: &Problem, solution: &Solution, load: &[f6
         }
     }
     let capacity = problem.capacities();
+    let local = problem.local_residuals(&solution.placement);
     let mut sum = 0.0;
     for (demand, route) in problem.demands.iter().zip(&solution.routes) {
         let (src, dst) = (solution.placement[demand.src], solution.placement[demand.dst]);
@@ -247,7 +251,7 @@ pub(crate) fn evaluate_loaded(problem: &Problem, solution: &Solution, load: &[f6
             });
         }
         sum += if path.is_empty() {
-            problem.local_bw
+            local[src]
         } else {
             bottleneck(&capacity, load, path).max(0.0)
         };

@@ -145,11 +145,13 @@ impl<'a> Exact<'a> {
                 fixed -= vm.migration_cost;
             }
         }
+        let local_residual = problem.local_residuals(&self.placement);
         let mut demands = problem.demands_by_weight();
         demands.retain(|&d| {
-            let local = self.placement[problem.demands[d].src] == self.placement[problem.demands[d].dst];
+            let host = self.placement[problem.demands[d].src];
+            let local = host == self.placement[problem.demands[d].dst];
             if local {
-                fixed += problem.local_bw;
+                fixed += local_residual[host];
             }
             !local
         });

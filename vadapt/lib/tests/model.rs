@@ -172,7 +172,7 @@ fn latency_compute_pin_and_route_violations() {
 }
 
 #[test]
-fn local_pairs_earn_local_bw() {
+fn local_pairs_earn_what_their_host_leaves_of_local_bw() {
     let mut json: serde_json::Value = serde_json::from_str(BASE).expect("json");
     json["local_bw"] = 500.into();
     let p = Problem::from_json(&json.to_string()).expect("valid");
@@ -190,7 +190,14 @@ fn local_pairs_earn_local_bw() {
             bound: 15.0
         }]
     );
-    assert_eq!(e.objective, 500.0 + 10.0);
+    // x→y (40) is local on a: 500 − 40; x→z leaves 10 on its link.
+    assert_eq!(e.objective, 460.0 + 10.0);
+    // With z on a too, both local demands share a's local bandwidth.
+    let s = Solution {
+        placement: vec![0, 0, 0],
+        routes: vec![Some(vec![]), Some(vec![])],
+    };
+    assert_eq!(evaluate(&p, &s).objective, 2.0 * (500.0 - 60.0));
 }
 
 #[test]
