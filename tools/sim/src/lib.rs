@@ -123,7 +123,6 @@ pub mod check;
 pub mod daemon;
 pub mod faults;
 pub mod ledger;
-pub mod links;
 pub mod queue;
 pub mod reference;
 pub mod scenario;
@@ -161,6 +160,8 @@ pub enum Stream {
     Underlay = 4,
     /// Targets for `vnet apply`.
     Apply = 5,
+    /// The daemons' handshake randomness (nonces, ephemeral keys, session ids).
+    Sessions = 6,
 }
 
 /// The RNG of `stream` for `seed`.

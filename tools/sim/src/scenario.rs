@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use vnet_core::mac::MacAddr;
 
 use crate::apply::{self, Grouping, Stage};
-use crate::check::{self, Failure, Judged, Violation, RECOVERY_BOUND};
+use crate::check::{self, Failure, Judged, Violation, LINK_SETUP, RECOVERY_BOUND};
 use crate::faults::FaultSchedule;
 use crate::reference::{Expectation, Reference};
 use crate::sim::Sim;
@@ -252,8 +252,10 @@ impl Run {
         let sim = self.sim.insert(
             Sim::new(self.seed, &overlay, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?,
         );
+        sim.await_links(LINK_SETUP).map_err(sim_error)?;
         let mut w = rng(self.seed, Stream::Workload);
-        let frames = all_pairs(sim, &mut w, SimTime::ZERO, Duration::from_secs(1));
+        let start = sim.now();
+        let frames = all_pairs(sim, &mut w, start, Duration::from_secs(1));
         sim.run_until_idle().map_err(sim_error)?;
         let mut reference = Reference::new(&overlay, sim);
         let judged = check::deliveries(sim, &mut reference, frames.iter().copied())?;
@@ -270,19 +272,27 @@ impl Run {
     fn faults(&mut self) -> Result<Summary, Violation> {
         let (_, overlay, _) = self.routed(2..=6, 3)?;
         let machines: Vec<String> = (0..overlay.hosts.len()).map(|i| format!("h{i}")).collect();
-        let horizon = SimTime::ZERO + Duration::from_secs(3);
-        let faults = FaultSchedule::random(&mut rng(self.seed, Stream::Faults), &machines, horizon);
+        // Links come up first; traffic and faults start after LINK_SETUP.
+        let start = SimTime::ZERO + LINK_SETUP;
+        let horizon = start + Duration::from_secs(3);
+        let faults = FaultSchedule::random(
+            &mut rng(self.seed, Stream::Faults),
+            &machines,
+            SimTime::ZERO + Duration::from_secs(3),
+        )
+        .shifted(LINK_SETUP);
         let settled = faults.last_fault_end() + RECOVERY_BOUND;
         let sim = self
             .sim
             .insert(Sim::new(self.seed, &overlay, faults, TraceMode::Full).map_err(sim_error)?);
+        sim.await_links(LINK_SETUP).map_err(sim_error)?;
         let mut w = rng(self.seed, Stream::Workload);
         // Traffic through the faults: each VM sends about 5 frames a second to a random
         // VM, one in ten a broadcast.
         let macs: Vec<MacAddr> = sim.vms().iter().map(|v| v.mac).collect();
         let mut frames = Vec::new();
         for i in 0..macs.len() {
-            let mut t = SimTime::ZERO;
+            let mut t = start;
             loop {
                 t = t + Duration::from_millis(w.gen_range(50..350));
                 if t >= horizon {
@@ -344,14 +354,16 @@ impl Run {
         let sim = self.sim.insert(
             Sim::new(self.seed, &overlay, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?,
         );
+        sim.await_links(LINK_SETUP).map_err(sim_error)?;
+        let start = sim.now();
         let mut w = rng(self.seed, Stream::Workload);
         let ghosts: Vec<FrameId> = (0..sim.vms().len())
             .map(|i| {
-                let t = SimTime::ZERO + Duration::from_millis(w.gen_range(0..1000));
+                let t = start + Duration::from_millis(w.gen_range(0..1000));
                 sim.send(VmId(i as u32), GHOST, t)
             })
             .collect();
-        let frames = all_pairs(sim, &mut w, SimTime::ZERO, Duration::from_secs(1));
+        let frames = all_pairs(sim, &mut w, start, Duration::from_secs(1));
         sim.run_until_idle().map_err(sim_error)?;
         let mut reference = Reference::new(&overlay, sim);
         if let Some(f) = ghosts.iter().find(|f| {
@@ -393,6 +405,7 @@ impl Run {
             let sim = self.sim.insert(
                 Sim::new(self.seed, &current, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?,
             );
+            sim.await_links(LINK_SETUP).map_err(sim_error)?;
             let shared = Shared::new(sim, &current, &target);
             let done = apply::execute(sim, &current, &target, grouping, |sim, stage| {
                 let probed = shared.probe(sim, stage, grouping)?;
