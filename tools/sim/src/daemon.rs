@@ -489,3 +489,151 @@ impl Datapath {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngCore, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use vnet_core::config::{IfaceKind, IfaceSpec, LinkProto, LinkSpec, RuleEntry};
+    use vnet_core::mac::MacAddr;
+    use vnet_core::rule::{DstMatch, MacMatch};
+
+    const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([198, 18, 0, i], 7400))
+    }
+
+    fn daemon(node: &str, i: u8, seed: u64, now: Instant) -> SimDaemon {
+        let mut r = ChaCha8Rng::seed_from_u64(seed);
+        SimDaemon::new(node, addr(i), Box::new(move |d: &mut [u8]| r.fill_bytes(d)), now)
+    }
+
+    /// A VM with `mac` behind `vm0`, and link `h0-h1` dialing `peer` (or waiting).
+    fn topology(mac: MacAddr, peer: Option<SocketAddr>) -> Topology {
+        Topology {
+            ifaces: vec![IfaceSpec {
+                name: "vm0".into(),
+                kind: IfaceKind::Tap,
+                device: None,
+                netns: None,
+                mac: Some(mac),
+                mtu: None,
+                offload: true,
+            }],
+            links: vec![LinkSpec {
+                name: "h0-h1".into(),
+                proto: LinkProto::Udp,
+                peer,
+                encrypt: false,
+            }],
+            rules: vec![
+                RuleEntry {
+                    id: None,
+                    src: MacMatch::Any,
+                    dst: DstMatch::Mac(MacMatch::Exact(mac)),
+                    out: vec![Output::Iface("vm0".into())],
+                },
+                RuleEntry {
+                    id: None,
+                    src: MacMatch::Any,
+                    dst: DstMatch::None,
+                    out: vec![Output::Link("h0-h1".into())],
+                },
+            ],
+            config_time_bound_ms: None,
+        }
+    }
+
+    fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
+        let mut f = [dst.0, src.0].concat();
+        f.extend_from_slice(&[0x88, 0xb5]);
+        f.resize(60, 0);
+        f
+    }
+
+    /// Carries datagrams between the two daemons until none is left; the other outputs.
+    fn exchange(d: &mut [SimDaemon; 2], now: Instant) -> Vec<(usize, DaemonOutput)> {
+        let mut rest = Vec::new();
+        loop {
+            let mut moved = false;
+            for i in 0..2 {
+                while let Some(out) = d[i].poll_output() {
+                    match out {
+                        DaemonOutput::Transmit { to, datagram } => {
+                            assert_eq!(to, addr(2 - i as u8));
+                            d[1 - i].datagram_from_underlay(addr(i as u8 + 1), &datagram, now);
+                            moved = true;
+                        }
+                        other => rest.push((i, other)),
+                    }
+                }
+            }
+            if !moved {
+                return rest;
+            }
+        }
+    }
+
+    #[test]
+    fn links_handshake_forward_and_replace_a_restarted_peers_session() {
+        #[allow(clippy::disallowed_methods, reason = "a base instant for virtual time")]
+        let now = Instant::now();
+        // h0 (198.18.0.1) waits, h1 (198.18.0.2) dials.
+        let mut d = [daemon("h0", 1, 1, now), daemon("h1", 2, 2, now)];
+        d[0].configure(topology(A, None), now).unwrap();
+        d[1].configure(topology(B, Some(addr(1))), now).unwrap();
+        let out = exchange(&mut d, now);
+        assert!(out
+            .iter()
+            .any(|(i, o)| *i == 0 && matches!(o, DaemonOutput::Persist(_))));
+        let session = d[0].link_session("h0-h1");
+        assert!(session.is_some());
+        assert_eq!(d[1].link_session("h0-h1"), session, "one session at both ends");
+        assert!(d[0].topology().rules.iter().all(|r| r.id.is_some()));
+
+        // A frame from h1's VM to h0's crosses the link with one hop less.
+        d[1].frame_from_vm("vm0", &frame(A, B)).unwrap();
+        let Some(DaemonOutput::Transmit { datagram, .. }) = d[1].poll_output() else {
+            panic!("no datagram");
+        };
+        let (h, _) = wire::decode_datagram(&datagram).unwrap();
+        assert_eq!(
+            (h.hop_limit, Some(h.session)),
+            (wire::DEFAULT_HOP_LIMIT - 1, session)
+        );
+        d[0].datagram_from_underlay(addr(2), &datagram, now);
+        assert_eq!(
+            d[0].poll_output(),
+            Some(DaemonOutput::ToVm {
+                iface: Arc::from("vm0"),
+                frame: frame(A, B)
+            })
+        );
+        assert!(matches!(
+            d[0].frame_from_vm("vm9", &frame(B, A)),
+            Err(IfaceError::NotConfigured(_))
+        ));
+
+        // h0 restarts: h1's next frame earns a Reset, and h1 handshakes again at once.
+        d[0] = daemon("h0", 1, 3, now);
+        d[0].configure(topology(A, None), now).unwrap();
+        d[1].frame_from_vm("vm0", &frame(A, B)).unwrap();
+        let out = exchange(&mut d, now);
+        assert!(
+            out.contains(&(0, DaemonOutput::Dropped(DropReason::NoSession))),
+            "{out:?}"
+        );
+        let new = d[0].link_session("h0-h1");
+        assert!(new.is_some() && new != session, "{new:?} replaces {session:?}");
+        assert_eq!(d[1].link_session("h0-h1"), new);
+        assert!(out.iter().any(|(i, o)| *i == 1
+            && *o
+                == DaemonOutput::LinkDown {
+                    link: Arc::from("h0-h1"),
+                    session: session.unwrap()
+                }));
+    }
+}
