@@ -282,3 +282,16 @@ pub fn links_recovered(sim: &Sim, overlay: &Overlay) -> Result<(), Violation> {
     }
     Ok(())
 }
+
+/// Checks that no daemon forwarded a frame through a stale session id
+/// ([`Sim::stale_forwards`]).
+pub fn no_stale_sessions(sim: &Sim) -> Result<(), Violation> {
+    match sim.stale_forwards().first() {
+        None => Ok(()),
+        Some((at, host, session)) => Err(Violation::general(format!(
+            "at {at} {} forwarded a frame of session {session}, which it had not up with the sender ({} such frames)",
+            sim.host_names()[host.0 as usize],
+            sim.stale_forwards().len()
+        ))),
+    }
+}

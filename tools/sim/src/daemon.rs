@@ -297,6 +297,29 @@ impl SimDaemon {
         })
     }
 
+    /// Whether a link has an up session `session` with the daemon at `peer`.
+    pub fn has_session(&self, peer: SocketAddr, session: u32) -> bool {
+        self.path
+            .ports
+            .values()
+            .any(|p| matches!(p.kind, PortKind::Link { up: Some(up), .. } if up == Up { peer, session }))
+    }
+
+    /// Frames the outputs not yet polled forward: to a VM or in a Frame message.
+    pub fn pending_forwards(&self) -> usize {
+        self.path
+            .outputs
+            .iter()
+            .filter(|o| match o {
+                DaemonOutput::ToVm { .. } => true,
+                DaemonOutput::Transmit { datagram, .. } => {
+                    wire::decode_datagram(datagram).is_ok_and(|(h, _)| h.kind == wire::Kind::Frame)
+                }
+                _ => false,
+            })
+            .count()
+    }
+
     /// Drops by reason so far.
     pub fn drops(&self) -> &DropCounters {
         &self.path.drops

@@ -342,6 +342,7 @@ impl Run {
         let mut reference = Reference::new(&overlay, sim);
         let judged = check::deliveries(sim, &mut reference, frames.iter().copied())?;
         let recovered = check::deliveries(sim, &mut reference, after.iter().copied())?;
+        check::no_stale_sessions(sim)?;
         // After the faults only the underlay's loss and duplication may touch a frame.
         let touched = after
             .iter()
@@ -433,6 +434,7 @@ impl Run {
         let frames = all_pairs(sim, &mut w, setup, Duration::from_millis(500));
         sim.run_until_idle().map_err(sim_error)?;
         check::links_recovered(sim, &overlay)?;
+        check::no_stale_sessions(sim)?;
         let mut reference = Reference::new(&overlay, sim);
         let judged = check::deliveries(sim, &mut reference, frames.iter().copied())?;
         let s = sim.faults();
@@ -499,6 +501,7 @@ impl Run {
             }
         }
         sim.run_until_idle().map_err(sim_error)?;
+        check::no_stale_sessions(sim)?;
         let mut reference = Reference::new(&overlay, sim);
         let judged = check::deliveries(sim, &mut reference, frames.iter().copied())?;
         let mut after = 0;

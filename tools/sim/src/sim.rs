@@ -12,6 +12,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vnet_core::config::Topology;
 use vnet_core::mac::MacAddr;
+use vnet_core::wire;
 
 use crate::daemon::{ConfigureError, DaemonOutput, SimDaemon};
 use crate::faults::FaultSchedule;
@@ -113,6 +114,9 @@ pub struct Sim {
     faults: FaultSchedule,
     ledger: Ledger,
     trace: Trace,
+    /// Frame messages a daemon forwarded though no link of it had the message's session
+    /// with its sender up: what a stale session id must never get.
+    stale: Vec<(SimTime, HostId, u32)>,
 }
 
 impl Sim {
@@ -214,6 +218,7 @@ impl Sim {
             faults,
             ledger: Ledger::default(),
             trace: Trace::new(mode),
+            stale: Vec::new(),
         };
         for i in 0..sim.hosts.len() {
             sim.start_daemon(HostId(i as u32))?;
@@ -341,6 +346,13 @@ impl Sim {
     pub fn joined(&self, a: HostId, b: HostId) -> bool {
         let runs = |h: HostId| self.hosts.get(h.0 as usize).is_some_and(|h| h.daemon.is_some());
         runs(a) && runs(b) && self.underlay.reachable(a, b)
+    }
+
+    /// Frame messages forwarded through a session their receiver did not have up with
+    /// their sender (a stale session id): when, where, which session. Always empty
+    /// unless the endpoint's demultiplexing is broken.
+    pub fn stale_forwards(&self) -> &[(SimTime, HostId, u32)] {
+        &self.stale
     }
 
     /// Every frame sent so far and what became of it.
@@ -505,7 +517,18 @@ impl Sim {
         let from_addr = self.hosts[from.0 as usize].addr;
         let now = self.instant();
         match self.hosts[host.0 as usize].daemon.as_mut() {
-            Some(d) => d.datagram_from_underlay(from_addr, datagram, now),
+            Some(d) => {
+                let session = wire::decode_datagram(datagram)
+                    .ok()
+                    .filter(|(h, _)| h.kind == wire::Kind::Frame)
+                    .map(|(h, _)| h.session);
+                let live = session.is_none_or(|s| d.has_session(from_addr, s));
+                let before = d.pending_forwards();
+                d.datagram_from_underlay(from_addr, datagram, now);
+                if let Some(s) = session.filter(|_| !live && d.pending_forwards() > before) {
+                    self.stale.push((self.clock.now(), host, s));
+                }
+            }
             None => {
                 self.trace
                     .push(self.clock.now(), TraceEvent::HostDown { frame, host });
