@@ -1,4 +1,5 @@
-//! The scale figure: 256 daemons and 1024 VMs (star plus 1024 fast paths), each VM
+//! The scale figure: 256 daemons and 1024 VMs (star plus 1024 fast paths) on real link
+//! sessions (every link handshakes first and sends keepalives throughout), each VM
 //! sending 50 frames a simulated second for 10 simulated seconds, mostly to its fast-path
 //! partners and otherwise to anyone, one frame in a thousand a broadcast.
 //!

@@ -13,6 +13,8 @@
 //!   `hop_limit`.
 //! - [`links_recovered`]: every link of the overlay whose ends run and reach each other
 //!   is up, with the same session at both ends.
+//! - [`no_stale_sessions`]: no daemon forwarded a Frame message whose session it did not
+//!   have up with the sender.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -275,7 +277,7 @@ pub fn links_recovered(sim: &Sim, overlay: &Overlay) -> Result<(), Violation> {
         let ends = [&l.owner, &l.peer].map(|m| sim.daemon(m).and_then(|d| d.link_session(name)));
         if session.is_none() || ends != [session, session] {
             return Err(Violation::general(format!(
-                "at {} link {name} is not up (link layer: {session:?}, ends: {ends:?}) though both ends run and reach each other",
+                "at {} link {name} is not up (both ends: {session:?}, each end: {ends:?}) though both ends run and reach each other",
                 sim.now()
             )));
         }

@@ -65,6 +65,13 @@
 //!   after the last partition heals or crashed daemon (the proxy among them) restarts,
 //!   every link is up at both ends with one session, and a frame between every pair of
 //!   VMs is delivered exactly once (unless the underlay lost or duplicated it).
+//! - **Sessions**: under loss, duplication and reordering every link comes up within
+//!   [`check::LINK_SETUP`] with exactly one session at both ends
+//!   ([`scenario::Scenario::Handshakes`]); after a daemon restarts during traffic its
+//!   links are back within [`scenario::RESTART_RECOVERY`] (550 ms: a keepalive interval
+//!   and six one-way delays) with new sessions replacing the old at both ends
+//!   ([`scenario::Scenario::Restart`]); and no daemon ever forwards a frame through a
+//!   session it does not have up with the sender ([`check::no_stale_sessions`]).
 //! - **Apply**: `lang::diff(current, target)` runs primitive by primitive (apply it,
 //!   recompile, reconfigure the daemons it changes, then a frame between every pair of
 //!   VMs and a broadcast from each), and grouped as `vnet apply` groups it (a probe
@@ -98,7 +105,8 @@
 //!
 //! # Running and replaying
 //!
-//! `cargo test -p vnet-sim` runs every scenario over 100 random seeds each. A failure
+//! `cargo test -p vnet-sim` runs every scenario (`delivery`, `faults`, `loops`, `apply`,
+//! `handshakes`, `restart`) over 100 random seeds each. A failure
 //! prints its seed and replays exactly:
 //!
 //! ```text
