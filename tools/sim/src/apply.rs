@@ -12,7 +12,7 @@
 
 use lang::{Action, Item, Overlay, Primitive};
 
-use crate::check::Violation;
+use crate::check::{Violation, LINK_SETUP};
 use crate::sim::Sim;
 
 /// How primitives are grouped into daemon reconfigurations.
@@ -113,6 +113,9 @@ pub fn execute(
             let topology = compiled.get(*m).cloned().unwrap_or_default();
             sim.configure(m, topology).map_err(|e| failed(e.to_string()))?;
             done.replaces += 1;
+            // Links the replace started handshake before the probe, as `vnet apply`
+            // waits for them.
+            sim.await_links(LINK_SETUP).map_err(|e| failed(e.to_string()))?;
             sim.run_until_idle().map_err(|e| failed(e.to_string()))?;
             let all = n + 1 == machines.len();
             if grouping == Grouping::Fleet || all {

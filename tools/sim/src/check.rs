@@ -13,6 +13,8 @@
 //!   `hop_limit`.
 //! - [`links_recovered`]: every link of the overlay whose ends run and reach each other
 //!   is up, with the same session at both ends.
+//! - [`no_stale_sessions`]: no daemon forwarded a Frame message whose session it did not
+//!   have up with the sender.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use lang::Overlay;
 use vnet_core::forward::DropReason;
+use vnet_core::session::{KEEPALIVE, RETRANSMIT};
 use vnet_core::wire::DEFAULT_HOP_LIMIT;
 
 use crate::ledger::FrameRecord;
@@ -27,10 +30,34 @@ use crate::reference::Reference;
 use crate::sim::Sim;
 use crate::vm::{FrameId, VmId};
 
+/// How long links a daemon starts (at boot, or in a replace) get to come up before
+/// traffic is sent or a check expects them: a handshake is two round trips, and this
+/// leaves room for several retransmissions ([`RETRANSMIT`]) of lost messages.
+pub const LINK_SETUP: Duration = Duration::from_secs(2);
+
+/// The longest one-way delay of the underlays the scenarios draw
+/// ([`crate::faults::FaultSchedule::max_one_way`] of every schedule: 20 ms and 5 ms of
+/// jitter).
+pub const MAX_ONE_WAY: Duration = Duration::from_millis(25);
+
 /// How soon after a fault ends (a partition heals, a daemon restarts) links must be up
-/// and frames delivered again. The modelled links recover at once; real link sessions
-/// must do it within this (handshake, redial backoff).
-pub const RECOVERY_BOUND: Duration = Duration::from_secs(5);
+/// and frames delivered again, from the session constants:
+///
+/// - within [`KEEPALIVE`] a dialing end whose session survived sends a keepalive (or a
+///   frame), which a restarted peer answers with a Reset, upon which it handshakes at
+///   once; a dialing end without a session sends a Hello every [`RETRANSMIT`] (a
+///   handshake past its 3 s deadline is replaced by a new one at once, so Hellos never
+///   pause); a restarted dialer sends its Hello at once; a session that survived on both
+///   ends carries frames at once (partitions are shorter than the 5 s dead-after);
+/// - then a Reset's round trip and a handshake's two round trips: 6 one-way delays;
+/// - each lost message costs a keepalive or a retransmission: one more keepalive and
+///   three retransmissions are allowed for (up to 5% loss per path).
+///
+/// `2 × 400 ms + 3 × 250 ms + 6 × 25 ms` = 1.7 s.
+pub const RECOVERY_BOUND: Duration = KEEPALIVE
+    .saturating_mul(2)
+    .saturating_add(RETRANSMIT.saturating_mul(3))
+    .saturating_add(MAX_ONE_WAY.saturating_mul(6));
 
 /// A check that did not hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,10 +277,23 @@ pub fn links_recovered(sim: &Sim, overlay: &Overlay) -> Result<(), Violation> {
         let ends = [&l.owner, &l.peer].map(|m| sim.daemon(m).and_then(|d| d.link_session(name)));
         if session.is_none() || ends != [session, session] {
             return Err(Violation::general(format!(
-                "at {} link {name} is not up (link layer: {session:?}, ends: {ends:?}) though both ends run and reach each other",
+                "at {} link {name} is not up (both ends: {session:?}, each end: {ends:?}) though both ends run and reach each other",
                 sim.now()
             )));
         }
     }
     Ok(())
+}
+
+/// Checks that no daemon forwarded a frame through a stale session id
+/// ([`Sim::stale_forwards`]).
+pub fn no_stale_sessions(sim: &Sim) -> Result<(), Violation> {
+    match sim.stale_forwards().first() {
+        None => Ok(()),
+        Some((at, host, session)) => Err(Violation::general(format!(
+            "at {at} {} forwarded a frame of session {session}, which it had not up with the sender ({} such frames)",
+            sim.host_names()[host.0 as usize],
+            sim.stale_forwards().len()
+        ))),
+    }
 }

@@ -1,37 +1,50 @@
-//! One host's daemon, sans-IO: the configured [`Topology`], the port registry, the real
-//! [`ForwardingTable`] and [`Forwarder`], and the link messages it sends and receives.
-//!
-//! This is the one interface the simulation drives a daemon through:
+//! One host's daemon, sans-IO: a second, pure driver of the real daemon's pieces. It
+//! holds the real `vnet_control::state::ControlState` (configuration, port registry, rule
+//! ids, forwarding table builds) and the real `vnet_core::endpoint::Endpoint` (every link's
+//! handshakes, keepalives, dead-peer detection, Resets and session replacement), and
+//! forwards with the real `Forwarder` and wire codec.
 //!
 //! | input                                   | what the real daemon does there                  |
 //! |-----------------------------------------|--------------------------------------------------|
-//! | [`SimDaemon::configure`]                | `ConfigReplace` → `Daemon::apply_topology`        |
+//! | [`SimDaemon::configure`]                | `ConfigReplace` → `ControlState::apply`, its effects carried out (`Daemon::effect`) |
 //! | [`SimDaemon::frame_from_vm`]            | a TAP reader forwards a frame                    |
-//! | [`SimDaemon::datagram_from_underlay`]   | the UDP link task decodes and forwards a message |
-//! | [`SimDaemon::link_up`] / [`SimDaemon::link_down`] | a link session installs / removes its send side (`Daemon::link_up` / `link_down`) |
+//! | [`SimDaemon::datagram_from_underlay`]   | the UDP link thread hands a datagram to its `Endpoint` (`udp.rs`) |
+//! | [`SimDaemon::handle_timeout`]           | the UDP link thread's timer fires                |
 //!
-//! and every effect comes out of [`SimDaemon::poll_output`]: datagrams for the underlay,
-//! frames for VMs, and drops with their reason.
+//! The effects of the control state are carried out here as `vnetd` carries them out:
+//! `OpenIface` attaches the VM's port (and reports success), `CloseIface` detaches it,
+//! `StartLink` / `StopLink` add and remove the link on the endpoint, `PublishTable` is
+//! the table frames are forwarded with, and `Persist` comes out as
+//! [`DaemonOutput::Persist`], the state file a restart reads back. A link's send side is
+//! installed on the endpoint's `Established` and removed on `Lost`, as `udp.rs` does.
 //!
-//! **To be replaced.** `link_up` / `link_down` are the modelled link layer: the
-//! simulation calls them from its global view ([`crate::links`]). When the sans-IO link
-//! sessions of vnet-core exist, each configured link owns one; `datagram_from_underlay`
-//! hands non-frame messages (handshake, keepalive, reset) to the link's session, the
-//! session's events take the place of `link_up` / `link_down`, its `poll_transmit` feeds
-//! [`DaemonOutput::Transmit`], and `poll_timeout` / `handle_timeout` join this interface
-//! (the simulation then schedules a timer per daemon). When `vnet_control::state` exists,
-//! `configure` becomes its `apply(ConfigReplace, now)` and the effects it returns are
-//! applied here; the port registry and table publication below are what it replaces.
+//! Every link runs on the endpoint, whatever transport its spec names: the simulator's
+//! links are all UDP links (TCP's reliable, ordered streams are not modelled). Frames
+//! travel unsealed: sealing lives in `vnet-seal`, outside the pure crates.
+//!
+//! Every effect comes out of [`SimDaemon::poll_output`]: datagrams for the underlay,
+//! frames for VMs, drops with their reason, link sessions coming and going, state files.
+//! [`SimDaemon::poll_timeout`] says when the daemon wants [`SimDaemon::handle_timeout`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
-use vnet_core::config::{ConfigError, RuleEntry, Topology};
-use vnet_core::forward::{DropCounters, DropReason, Forwarder, PortCounters, PortStats};
+use vnet_control::dataplane::Dataplane;
+use vnet_control::proto::{ControlError, Request};
+use vnet_control::state::{ControlState, Effect, Reply, SharedLinkInfo, StateConfig};
+use vnet_core::config::Topology;
+use vnet_core::endpoint::{Datagram, Endpoint, EndpointEvent, LinkId};
+use vnet_core::forward::{link_hop_limit, DropCounters, DropReason, Forwarder, PortCounters, PortStats};
+use vnet_core::handshake::NetworkKey;
 use vnet_core::rule::Output;
-use vnet_core::table::{ForwardingTable, PortId, RuleId, RuleStats, TableError};
+use vnet_core::session::{link_caps, Credentials, Entropy, Event};
+use vnet_core::table::{ForwardingTable, PortId};
 use vnet_core::wire;
+
+/// The overlay's network key in the simulation: every daemon holds the same.
+const NETWORK_KEY: [u8; 32] = [0x5a; 32];
 
 /// What a daemon step produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,85 +65,138 @@ pub enum DaemonOutput {
     },
     /// A frame or message dropped, counted under this reason.
     Dropped(DropReason),
+    /// A link has a new session with the daemon at `peer` (it replaces one that was up).
+    LinkUp {
+        /// The link.
+        link: Arc<str>,
+        /// The peer's link address.
+        peer: SocketAddr,
+        /// The session id.
+        session: u32,
+    },
+    /// A link's session ended.
+    LinkDown {
+        /// The link.
+        link: Arc<str>,
+        /// The session that ended.
+        session: u32,
+    },
+    /// The daemon writes this topology to its state file.
+    Persist(Topology),
 }
 
 /// Why a daemon refused a topology.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigureError {
-    /// The topology does not validate.
+    /// The control state refused it.
     #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The forwarding table refused a rule.
-    #[error(transparent)]
-    Table(#[from] TableError),
+    Control(#[from] ControlError),
+    /// The control state gave no answer (a bug of the driver or the state).
+    #[error("the control state gave no answer")]
+    NoAnswer,
 }
 
 /// Why a VM's frame did not enter the daemon.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IfaceError {
-    /// The daemon has no such interface configured: the VM's NIC is attached to nothing.
-    #[error("no interface `{0}` is configured")]
+    /// The daemon has no such interface open: the VM's NIC is attached to nothing.
+    #[error("no interface `{0}` is open")]
     NotConfigured(String),
 }
 
-/// How a port sends, when it can.
+/// A link session's send side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PortState {
-    /// Not configured, or a link without a session.
+struct Up {
+    peer: SocketAddr,
+    session: u32,
+}
+
+/// How a port sends, when it can.
+#[derive(Debug)]
+enum PortKind {
+    /// Closed or stopped.
     Down,
-    /// A configured local interface.
+    /// An open local interface.
     Iface,
-    /// A link with a session to `peer`.
-    Link { peer: SocketAddr, session: u32 },
+    /// A running link, with its session's send side while it has one.
+    Link {
+        link: LinkId,
+        dials: bool,
+        info: SharedLinkInfo,
+        up: Option<Up>,
+    },
 }
 
 #[derive(Debug)]
 struct Port {
     name: Arc<str>,
-    state: PortState,
-    stats: PortStats,
+    kind: PortKind,
+    stats: Arc<PortStats>,
 }
 
-/// A daemon built from the real forwarding core (module docs).
-#[derive(Debug)]
+/// Everything of a daemon but its control state: what carries out the state's effects
+/// and forwards.
+struct Datapath {
+    endpoint: Endpoint,
+    table: Arc<ForwardingTable>,
+    forwarder: Forwarder,
+    /// Ports by the ids the control state gave them.
+    ports: BTreeMap<PortId, Port>,
+    /// Open interfaces' ports by name.
+    ifaces: BTreeMap<String, PortId>,
+    /// Running links' ports by endpoint link index.
+    links: BTreeMap<usize, PortId>,
+    drops: Arc<DropCounters>,
+    outputs: VecDeque<DaemonOutput>,
+    scratch: Vec<u8>,
+}
+
+/// A daemon built from the real control state, link endpoint and forwarding core
+/// (module docs).
 pub struct SimDaemon {
     node: String,
-    topology: Topology,
-    next_rule_id: u64,
-    /// Stable port ids by output, as the real daemon's registry: a name keeps its id for
-    /// the daemon's lifetime.
-    registry: BTreeMap<Output, PortId>,
-    ports: Vec<Port>,
-    table: ForwardingTable,
-    forwarder: Forwarder,
-    rule_stats: BTreeMap<RuleId, Arc<RuleStats>>,
-    /// Link ports by the session id their peer sends with.
-    sessions: BTreeMap<u32, PortId>,
-    drops: DropCounters,
-    outputs: VecDeque<DaemonOutput>,
+    state: ControlState,
+    path: Datapath,
 }
 
-/// The hops left on a frame sent over a link, as the real data path's `send` decides: the
-/// frame used one hop to get here, and a link cannot carry it with none left.
-fn link_hops(hop_limit: u8) -> Option<u8> {
-    hop_limit.checked_sub(1).filter(|h| *h > 0)
+impl std::fmt::Debug for SimDaemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimDaemon")
+            .field("node", &self.node)
+            .field("endpoint", &self.path.endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SimDaemon {
-    /// A daemon with an empty topology.
-    pub fn new(node: &str) -> SimDaemon {
+    /// A daemon with an empty topology, listening at `listen`, started at `now`, drawing
+    /// its handshakes' randomness from `entropy`.
+    pub fn new(node: &str, listen: SocketAddr, entropy: Box<dyn Entropy + Send>, now: Instant) -> SimDaemon {
+        let dataplane = Dataplane::default();
+        let config = StateConfig {
+            node: node.to_string(),
+            version: "sim".into(),
+            listen,
+            quic_accepts: false,
+        };
+        let creds = Credentials {
+            node: node.to_string(),
+            key: NetworkKey::from_bytes(NETWORK_KEY),
+        };
         SimDaemon {
             node: node.to_string(),
-            topology: Topology::default(),
-            next_rule_id: 1,
-            registry: BTreeMap::new(),
-            ports: Vec::new(),
-            table: ForwardingTable::new(),
-            forwarder: Forwarder::default(),
-            rule_stats: BTreeMap::new(),
-            sessions: BTreeMap::new(),
-            drops: DropCounters::default(),
-            outputs: VecDeque::new(),
+            path: Datapath {
+                endpoint: Endpoint::new(creds, entropy),
+                table: Arc::new(ForwardingTable::new()),
+                forwarder: Forwarder::default(),
+                ports: BTreeMap::new(),
+                ifaces: BTreeMap::new(),
+                links: BTreeMap::new(),
+                drops: dataplane.drops.clone(),
+                outputs: VecDeque::new(),
+                scratch: Vec::new(),
+            },
+            state: ControlState::new(config, dataplane, now),
         }
     }
 
@@ -142,177 +208,252 @@ impl SimDaemon {
     /// The running topology, rule ids included: what the real daemon writes to its state
     /// file.
     pub fn topology(&self) -> &Topology {
-        &self.topology
+        self.state.topology()
     }
 
-    /// Makes the running topology `next`, as `ConfigReplace` does: rule ids given are kept
-    /// and the others numbered after the largest in use; a link whose spec changes or that
-    /// goes loses its session (the real daemon restarts it); the new table is published
-    /// at once. A topology that does not validate changes nothing.
-    pub fn configure(&mut self, mut next: Topology) -> Result<(), ConfigureError> {
-        next.validate()?;
-        let max_id = next.rules.iter().filter_map(|r| r.id).map(|i| i.0).max();
-        let mut next_id = self.next_rule_id.max(max_id.map_or(1, |m| m.saturating_add(1)));
-        for r in &mut next.rules {
-            if r.id.is_none() {
-                r.id = Some(RuleId(next_id));
-                next_id = next_id.saturating_add(1);
-            }
+    /// Makes the running topology `next` with `ConfigReplace`, carrying out its effects.
+    /// A topology the control state refuses changes nothing.
+    pub fn configure(&mut self, next: Topology, now: Instant) -> Result<(), ConfigureError> {
+        let outcome = self.state.apply(Request::ConfigReplace(next), now);
+        let SimDaemon { state, path, .. } = self;
+        let reply = state.carry_out(outcome, |effect| path.effect(effect, now));
+        path.settle(now);
+        match reply {
+            Some(Reply::Ready(Ok(_))) => Ok(()),
+            Some(Reply::Ready(Err(e))) => Err(e.into()),
+            _ => Err(ConfigureError::NoAnswer),
         }
-        let table = self.build_table(&next.rules)?;
-        self.next_rule_id = next_id;
-        let old = std::mem::replace(&mut self.topology, next);
-        for l in &old.links {
-            if !self.topology.links.contains(l) {
-                self.link_down(&l.name);
-            }
-        }
-        let names: Vec<String> = self.topology.ifaces.iter().map(|i| i.name.clone()).collect();
-        for name in names {
-            self.port_id(&Output::Iface(name));
-        }
-        for (output, id) in &self.registry {
-            let port = &mut self.ports[id.0 as usize];
-            port.state = match output {
-                Output::Iface(name) if self.topology.ifaces.iter().any(|i| &i.name == name) => {
-                    PortState::Iface
-                }
-                Output::Iface(_) => PortState::Down,
-                Output::Link(_) => port.state,
-            };
-        }
-        self.rule_stats
-            .retain(|id, _| self.topology.rules.iter().any(|r| r.id == Some(*id)));
-        self.table = table;
-        Ok(())
-    }
-
-    /// The table of `rules` (every one with an id), its generations above the running
-    /// table's, as the real daemon's `publish_table` builds it.
-    fn build_table(&mut self, rules: &[RuleEntry]) -> Result<ForwardingTable, TableError> {
-        let mut table = ForwardingTable::succeeding(&self.table);
-        for r in rules {
-            let Some(id) = r.id else { continue };
-            let outputs = r.out.iter().map(|o| self.port_id(o)).collect();
-            let stats = self.rule_stats.entry(id).or_default().clone();
-            table.insert(id, r.src, r.dst, outputs, stats)?;
-        }
-        Ok(table)
-    }
-
-    fn port_id(&mut self, output: &Output) -> PortId {
-        if let Some(id) = self.registry.get(output) {
-            return *id;
-        }
-        // More ports than u32 ids would take more memory than any simulation has.
-        let id = PortId(u32::try_from(self.ports.len()).unwrap_or(u32::MAX));
-        let name = match output {
-            Output::Iface(n) | Output::Link(n) => Arc::from(n.as_str()),
-        };
-        self.registry.insert(output.clone(), id);
-        self.ports.push(Port {
-            name,
-            state: PortState::Down,
-            stats: PortStats::default(),
-        });
-        id
     }
 
     /// A frame from the VM behind interface `iface`, forwarded with the hop limit a daemon
     /// puts on frames it originates.
     pub fn frame_from_vm(&mut self, iface: &str, frame: &[u8]) -> Result<(), IfaceError> {
-        let id = self
-            .registry
-            .get(&Output::Iface(iface.to_string()))
+        let p = &mut self.path;
+        let port = p
+            .ifaces
+            .get(iface)
             .copied()
-            .filter(|id| self.ports[id.0 as usize].state == PortState::Iface)
             .ok_or_else(|| IfaceError::NotConfigured(iface.to_string()))?;
-        self.ports[id.0 as usize].stats.rx(frame.len());
-        self.forward(id, frame, wire::DEFAULT_HOP_LIMIT);
+        if let Some(port) = p.ports.get(&port) {
+            port.stats.rx(frame.len());
+        }
+        p.forward(port, frame, wire::DEFAULT_HOP_LIMIT);
         Ok(())
     }
 
-    /// A datagram from the underlay, from the daemon at `from`: a Frame message of a link
-    /// session is forwarded with the hop limit it carries.
-    pub fn datagram_from_underlay(&mut self, from: SocketAddr, datagram: &[u8]) {
-        let Ok((header, payload)) = wire::decode_datagram(datagram) else {
-            return self.drop_counted(DropReason::BadMessage);
-        };
-        if header.kind != wire::Kind::Frame || header.flags != 0 {
-            // The modelled links carry plain frames only (no handshake, keepalive, seal
-            // or virtio-net header): anything else is not a message of theirs.
-            return self.drop_counted(DropReason::BadMessage);
+    /// A datagram from the underlay, from the daemon at `from`, handed to the endpoint as
+    /// `udp.rs` does: a frame of an up session is forwarded with the hop limit it
+    /// carries; anything else is the sessions' (then what they send and report is
+    /// collected).
+    pub fn datagram_from_underlay(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        let p = &mut self.path;
+        match p.endpoint.handle_datagram(from, datagram, now) {
+            Datagram::Frame {
+                link,
+                header,
+                payload,
+            } => {
+                // The simulated links carry plain frames only (module docs).
+                if header.flags != 0 {
+                    return p.drop_counted(DropReason::BadMessage);
+                }
+                let Some(&port) = p.links.get(&link.index()) else {
+                    return p.drop_counted(DropReason::NoSession);
+                };
+                if let Some(port) = p.ports.get(&port) {
+                    port.stats.rx(payload.len());
+                }
+                p.forward(port, payload, header.hop_limit);
+            }
+            Datagram::Consumed => p.settle(now),
+            Datagram::Dropped(reason) => {
+                p.drop_counted(reason);
+                p.settle(now);
+            }
         }
-        let port = self.sessions.get(&header.session).copied().filter(|id| {
-            matches!(self.ports[id.0 as usize].state, PortState::Link { peer, .. } if peer.ip() == from.ip())
-        });
-        let Some(port) = port else {
-            return self.drop_counted(DropReason::NoSession);
-        };
-        self.ports[port.0 as usize].stats.rx(payload.len());
-        self.forward(port, payload, header.hop_limit);
     }
 
-    /// One forwarding step, as the real data path's `forward` and `send`.
-    fn forward(&mut self, ingress: PortId, frame: &[u8], hop_limit: u8) {
-        let SimDaemon {
-            table,
-            forwarder,
-            ports,
-            drops,
-            outputs,
-            ..
-        } = self;
-        let decision = match forwarder.decide(table, ingress, frame, hop_limit) {
-            Ok(d) => d,
-            Err(reason) => {
-                drops.add(reason);
-                outputs.push_back(DaemonOutput::Dropped(reason));
-                return;
-            }
+    /// When the daemon's link timers want [`SimDaemon::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.path.endpoint.poll_timeout()
+    }
+
+    /// Runs the link timers due at `now` (retransmissions, keepalives, deadlines).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.path.endpoint.handle_timeout(now);
+        self.path.settle(now);
+    }
+
+    /// The next effect of the inputs so far. Drain it after every input.
+    pub fn poll_output(&mut self) -> Option<DaemonOutput> {
+        self.path.outputs.pop_front()
+    }
+
+    /// The session of link `link`, while it has one.
+    pub fn link_session(&self, link: &str) -> Option<u32> {
+        self.path.ports.values().find_map(|p| match &p.kind {
+            PortKind::Link { up: Some(up), .. } if &*p.name == link => Some(up.session),
+            _ => None,
+        })
+    }
+
+    /// Whether a link has an up session `session` with the daemon at `peer`.
+    pub fn has_session(&self, peer: SocketAddr, session: u32) -> bool {
+        self.path
+            .ports
+            .values()
+            .any(|p| matches!(p.kind, PortKind::Link { up: Some(up), .. } if up == Up { peer, session }))
+    }
+
+    /// Frames the outputs not yet polled forward: to a VM or in a Frame message.
+    pub fn pending_forwards(&self) -> usize {
+        self.path
+            .outputs
+            .iter()
+            .filter(|o| match o {
+                DaemonOutput::ToVm { .. } => true,
+                DaemonOutput::Transmit { datagram, .. } => {
+                    wire::decode_datagram(datagram).is_ok_and(|(h, _)| h.kind == wire::Kind::Frame)
+                }
+                _ => false,
+            })
+            .count()
+    }
+
+    /// Drops by reason so far.
+    pub fn drops(&self) -> &DropCounters {
+        &self.path.drops
+    }
+
+    /// The counters of a port (zero for a port never opened).
+    pub fn port_counters(&self, output: &Output) -> PortCounters {
+        let (name, link) = match output {
+            Output::Iface(n) => (n, false),
+            Output::Link(n) => (n, true),
         };
-        for &out in &decision.outputs {
-            let Some(port) = ports.get(out.0 as usize) else {
-                drops.add(DropReason::PortDown);
-                outputs.push_back(DaemonOutput::Dropped(DropReason::PortDown));
-                continue;
-            };
-            let sent = match port.state {
-                PortState::Down => {
-                    // The real data path finds no live port: a drop, not a port tx drop.
-                    drops.add(DropReason::PortDown);
-                    outputs.push_back(DaemonOutput::Dropped(DropReason::PortDown));
-                    continue;
-                }
-                PortState::Iface => {
-                    outputs.push_back(DaemonOutput::ToVm {
-                        iface: port.name.clone(),
-                        frame: frame.to_vec(),
-                    });
-                    Ok(())
-                }
-                PortState::Link { peer, session } => match link_hops(hop_limit) {
-                    None => Err(DropReason::HopLimit),
-                    Some(hops) => {
-                        let mut datagram = Vec::new();
-                        match wire::encode_frame(hops, session, 0, &[frame], &mut datagram) {
-                            Ok(()) => {
-                                outputs.push_back(DaemonOutput::Transmit { to: peer, datagram });
-                                Ok(())
-                            }
-                            Err(_) => Err(DropReason::TooLarge),
-                        }
-                    }
-                },
-            };
-            match sent {
-                Ok(()) => port.stats.tx(frame.len()),
-                Err(reason) => {
-                    port.stats.tx_drop();
-                    drops.add(reason);
-                    outputs.push_back(DaemonOutput::Dropped(reason));
+        self.path
+            .ports
+            .values()
+            .find(|p| &*p.name == name.as_str() && matches!(p.kind, PortKind::Link { .. }) == link)
+            .map(|p| p.stats.snapshot())
+            .unwrap_or_default()
+    }
+}
+
+impl Datapath {
+    /// Carries out one effect of the control state; for an interface, its name and that
+    /// it opened (a VM's port always attaches).
+    fn effect(&mut self, effect: Effect, now: Instant) -> Option<(String, Result<(), String>)> {
+        match effect {
+            Effect::OpenIface { spec, port, stats } => {
+                self.ifaces.insert(spec.name.clone(), port);
+                self.ports.insert(
+                    port,
+                    Port {
+                        name: Arc::from(spec.name.as_str()),
+                        kind: PortKind::Iface,
+                        stats,
+                    },
+                );
+                return Some((spec.name, Ok(())));
+            }
+            Effect::CloseIface { name, port, .. } => {
+                self.ifaces.remove(&name);
+                if let Some(p) = self.ports.get_mut(&port) {
+                    p.kind = PortKind::Down;
                 }
             }
+            Effect::StartLink {
+                spec,
+                port,
+                stats,
+                info,
+            } => {
+                let link = self
+                    .endpoint
+                    .add_link(&spec.name, spec.peer, link_caps(&spec), now);
+                self.links.insert(link.index(), port);
+                self.ports.insert(
+                    port,
+                    Port {
+                        name: Arc::from(spec.name.as_str()),
+                        kind: PortKind::Link {
+                            link,
+                            dials: spec.peer.is_some(),
+                            info,
+                            up: None,
+                        },
+                        stats,
+                    },
+                );
+            }
+            Effect::StopLink { port, .. } => {
+                let p = self.ports.get_mut(&port)?;
+                if let PortKind::Link { link, up, .. } = &p.kind {
+                    self.endpoint.remove_link(*link);
+                    self.links.remove(&link.index());
+                    if let Some(up) = up {
+                        self.outputs.push_back(DaemonOutput::LinkDown {
+                            link: p.name.clone(),
+                            session: up.session,
+                        });
+                    }
+                }
+                p.kind = PortKind::Down;
+            }
+            Effect::PublishTable(table) => self.table = table,
+            Effect::Persist(topology) => self.outputs.push_back(DaemonOutput::Persist(topology)),
+        }
+        None
+    }
+
+    /// Collects what the endpoint sends and reports, as `udp.rs`'s `settle`.
+    fn settle(&mut self, now: Instant) {
+        while let Some(t) = self.endpoint.poll_transmit(now, &mut self.scratch) {
+            self.outputs.push_back(DaemonOutput::Transmit {
+                to: t.to,
+                datagram: self.scratch.clone(),
+            });
+        }
+        while let Some(event) = self.endpoint.poll_event() {
+            self.on_event(event);
+        }
+    }
+
+    fn on_event(&mut self, EndpointEvent { link, peer, event }: EndpointEvent) {
+        let Some(port) = link.and_then(|l| self.links.get(&l.index())) else {
+            return;
+        };
+        let Some(Port {
+            name,
+            kind: PortKind::Link { dials, info, up, .. },
+            ..
+        }) = self.ports.get_mut(port)
+        else {
+            return;
+        };
+        let mut info = vnet_control::state::read_link_info(info);
+        match event {
+            Event::Established(s) => {
+                *up = Some(Up { peer, session: s.id });
+                info.session_up(&s.peer_node, peer);
+                self.outputs.push_back(DaemonOutput::LinkUp {
+                    link: name.clone(),
+                    peer,
+                    session: s.id,
+                });
+            }
+            Event::Lost(lost) => {
+                info.session_lost(*dials, Some(lost.to_string()));
+                if let Some(old) = up.take() {
+                    self.outputs.push_back(DaemonOutput::LinkDown {
+                        link: name.clone(),
+                        session: old.session,
+                    });
+                }
+            }
+            // Measurements and handshake trouble change no port; the status has them.
+            _ => {}
         }
     }
 
@@ -321,91 +462,101 @@ impl SimDaemon {
         self.outputs.push_back(DaemonOutput::Dropped(reason));
     }
 
-    /// The next effect of the inputs so far. Drain it after every input.
-    pub fn poll_output(&mut self) -> Option<DaemonOutput> {
-        self.outputs.pop_front()
-    }
-
-    /// Link `link` has a session with the daemon at `peer`, whose messages carry
-    /// `session` (replaces any session it had). Ignored for a link not configured here.
-    /// Part of the modelled link layer (module docs).
-    pub fn link_up(&mut self, link: &str, peer: SocketAddr, session: u32) {
-        if !self.topology.links.iter().any(|l| l.name == link) {
-            return;
-        }
-        self.link_down(link);
-        let id = self.port_id(&Output::Link(link.to_string()));
-        self.ports[id.0 as usize].state = PortState::Link { peer, session };
-        self.sessions.insert(session, id);
-    }
-
-    /// Link `link` has no session any more. Part of the modelled link layer.
-    pub fn link_down(&mut self, link: &str) {
-        let Some(id) = self.registry.get(&Output::Link(link.to_string())).copied() else {
-            return;
+    /// One forwarding step, as the real data path's `forward` and `send`.
+    fn forward(&mut self, ingress: PortId, frame: &[u8], hop_limit: u8) {
+        let decision = match self.forwarder.decide(&self.table, ingress, frame, hop_limit) {
+            Ok(d) => d,
+            Err(reason) => {
+                self.drops.add(reason);
+                self.outputs.push_back(DaemonOutput::Dropped(reason));
+                return;
+            }
         };
-        let port = &mut self.ports[id.0 as usize];
-        if let PortState::Link { session, .. } = port.state {
-            self.sessions.remove(&session);
+        for &out in &decision.outputs {
+            let port = self.ports.get(&out);
+            let sent = match port.map(|p| &p.kind) {
+                None | Some(PortKind::Down | PortKind::Link { up: None, .. }) => {
+                    // The real data path finds no live port: a drop, not a port tx drop.
+                    self.drops.add(DropReason::PortDown);
+                    self.outputs
+                        .push_back(DaemonOutput::Dropped(DropReason::PortDown));
+                    continue;
+                }
+                Some(PortKind::Iface) => {
+                    self.outputs.push_back(DaemonOutput::ToVm {
+                        iface: port.map(|p| p.name.clone()).unwrap_or_else(|| Arc::from("")),
+                        frame: frame.to_vec(),
+                    });
+                    Ok(())
+                }
+                Some(PortKind::Link { up: Some(up), .. }) => link_hop_limit(hop_limit).and_then(|hops| {
+                    let mut datagram = Vec::new();
+                    wire::encode_frame(hops, up.session, 0, &[frame], &mut datagram)
+                        .map_err(|_| DropReason::TooLarge)?;
+                    self.outputs.push_back(DaemonOutput::Transmit {
+                        to: up.peer,
+                        datagram,
+                    });
+                    Ok(())
+                }),
+            };
+            let Some(port) = port else { continue };
+            match sent {
+                Ok(()) => port.stats.tx(frame.len()),
+                Err(reason) => {
+                    port.stats.tx_drop();
+                    self.drops.add(reason);
+                    self.outputs.push_back(DaemonOutput::Dropped(reason));
+                }
+            }
         }
-        port.state = PortState::Down;
-    }
-
-    /// The session of link `link`, when it has one.
-    pub fn link_session(&self, link: &str) -> Option<u32> {
-        let id = self.registry.get(&Output::Link(link.to_string()))?;
-        match self.ports[id.0 as usize].state {
-            PortState::Link { session, .. } => Some(session),
-            _ => None,
-        }
-    }
-
-    /// Drops by reason so far.
-    pub fn drops(&self) -> &DropCounters {
-        &self.drops
-    }
-
-    /// The counters of a port (zero for a port never configured).
-    pub fn port_counters(&self, output: &Output) -> PortCounters {
-        self.registry
-            .get(output)
-            .map(|id| self.ports[id.0 as usize].stats.snapshot())
-            .unwrap_or_default()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vnet_core::config::{IfaceKind, IfaceSpec, LinkProto, LinkSpec};
+    use rand::{RngCore, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use vnet_core::config::{IfaceKind, IfaceSpec, LinkProto, LinkSpec, RuleEntry};
     use vnet_core::mac::MacAddr;
     use vnet_core::rule::{DstMatch, MacMatch};
 
     const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
     const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
 
-    fn topology() -> Topology {
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([198, 18, 0, i], 7400))
+    }
+
+    fn daemon(node: &str, i: u8, seed: u64, now: Instant) -> SimDaemon {
+        let mut r = ChaCha8Rng::seed_from_u64(seed);
+        SimDaemon::new(node, addr(i), Box::new(move |d: &mut [u8]| r.fill_bytes(d)), now)
+    }
+
+    /// A VM with `mac` behind `vm0`, and link `h0-h1` dialing `peer` (or waiting).
+    fn topology(mac: MacAddr, peer: Option<SocketAddr>) -> Topology {
         Topology {
             ifaces: vec![IfaceSpec {
                 name: "vm0".into(),
                 kind: IfaceKind::Tap,
                 device: None,
                 netns: None,
-                mac: Some(A),
+                mac: Some(mac),
                 mtu: None,
                 offload: true,
             }],
             links: vec![LinkSpec {
                 name: "h0-h1".into(),
                 proto: LinkProto::Udp,
-                peer: None,
+                peer,
                 encrypt: false,
             }],
             rules: vec![
                 RuleEntry {
                     id: None,
                     src: MacMatch::Any,
-                    dst: DstMatch::Mac(MacMatch::Exact(A)),
+                    dst: DstMatch::Mac(MacMatch::Exact(mac)),
                     out: vec![Output::Iface("vm0".into())],
                 },
                 RuleEntry {
@@ -426,134 +577,86 @@ mod tests {
         f
     }
 
-    fn drain(d: &mut SimDaemon) -> Vec<DaemonOutput> {
-        std::iter::from_fn(|| d.poll_output()).collect()
+    /// Carries datagrams between the two daemons until none is left; the other outputs.
+    fn exchange(d: &mut [SimDaemon; 2], now: Instant) -> Vec<(usize, DaemonOutput)> {
+        let mut rest = Vec::new();
+        loop {
+            let mut moved = false;
+            for i in 0..2 {
+                while let Some(out) = d[i].poll_output() {
+                    match out {
+                        DaemonOutput::Transmit { to, datagram } => {
+                            assert_eq!(to, addr(2 - i as u8));
+                            d[1 - i].datagram_from_underlay(addr(i as u8 + 1), &datagram, now);
+                            moved = true;
+                        }
+                        other => rest.push((i, other)),
+                    }
+                }
+            }
+            if !moved {
+                return rest;
+            }
+        }
     }
 
     #[test]
-    fn forwards_over_a_session_with_one_hop_less_and_delivers_what_comes_back() {
-        let peer: SocketAddr = "198.18.0.2:7400".parse().unwrap();
-        let mut d = SimDaemon::new("h0");
-        d.configure(topology()).unwrap();
-        assert!(d.topology().rules.iter().all(|r| r.id.is_some()));
-        d.frame_from_vm("vm0", &frame(B, A)).unwrap();
-        assert_eq!(drain(&mut d), [DaemonOutput::Dropped(DropReason::PortDown)]);
-        d.link_up("h0-h1", peer, 7);
-        d.frame_from_vm("vm0", &frame(B, A)).unwrap();
-        let out = drain(&mut d);
-        let [DaemonOutput::Transmit { to, datagram }] = out.as_slice() else {
-            panic!("expected one datagram: {out:?}");
-        };
-        assert_eq!(*to, peer);
-        let (h, payload) = wire::decode_datagram(datagram).unwrap();
-        assert_eq!(
-            (h.hop_limit, h.session, payload),
-            (wire::DEFAULT_HOP_LIMIT - 1, 7, &frame(B, A)[..])
-        );
+    fn links_handshake_forward_and_replace_a_restarted_peers_session() {
+        #[allow(clippy::disallowed_methods, reason = "a base instant for virtual time")]
+        let now = Instant::now();
+        // h0 (198.18.0.1) waits, h1 (198.18.0.2) dials.
+        let mut d = [daemon("h0", 1, 1, now), daemon("h1", 2, 2, now)];
+        d[0].configure(topology(A, None), now).unwrap();
+        d[1].configure(topology(B, Some(addr(1))), now).unwrap();
+        let out = exchange(&mut d, now);
+        assert!(out
+            .iter()
+            .any(|(i, o)| *i == 0 && matches!(o, DaemonOutput::Persist(_))));
+        let session = d[0].link_session("h0-h1");
+        assert!(session.is_some());
+        assert_eq!(d[1].link_session("h0-h1"), session, "one session at both ends");
+        assert!(d[0].topology().rules.iter().all(|r| r.id.is_some()));
 
-        let mut back = Vec::new();
-        wire::encode_frame(3, 7, 0, &[&frame(A, B)], &mut back).unwrap();
-        d.datagram_from_underlay(peer, &back);
+        // A frame from h1's VM to h0's crosses the link with one hop less.
+        d[1].frame_from_vm("vm0", &frame(A, B)).unwrap();
+        let Some(DaemonOutput::Transmit { datagram, .. }) = d[1].poll_output() else {
+            panic!("no datagram");
+        };
+        let (h, _) = wire::decode_datagram(&datagram).unwrap();
         assert_eq!(
-            drain(&mut d),
-            [DaemonOutput::ToVm {
+            (h.hop_limit, Some(h.session)),
+            (wire::DEFAULT_HOP_LIMIT - 1, session)
+        );
+        d[0].datagram_from_underlay(addr(2), &datagram, now);
+        assert_eq!(
+            d[0].poll_output(),
+            Some(DaemonOutput::ToVm {
                 iface: Arc::from("vm0"),
                 frame: frame(A, B)
-            }]
+            })
         );
-        // A frame from the link for anyone else would go back where it came from.
-        back.clear();
-        wire::encode_frame(3, 7, 0, &[&frame(B, A)], &mut back).unwrap();
-        d.datagram_from_underlay(peer, &back);
-        assert_eq!(drain(&mut d), [DaemonOutput::Dropped(DropReason::SplitHorizon)]);
-        // Wrong session, wrong sender, garbage.
-        let other: SocketAddr = "198.18.0.9:7400".parse().unwrap();
-        let message = |session| {
-            let mut m = Vec::new();
-            wire::encode_frame(3, session, 0, &[&frame(A, B)], &mut m).unwrap();
-            m
-        };
-        d.datagram_from_underlay(peer, &message(8));
-        d.datagram_from_underlay(other, &message(7));
-        d.datagram_from_underlay(peer, &message(7)[..20]);
-        assert_eq!(
-            drain(&mut d),
-            [
-                DaemonOutput::Dropped(DropReason::NoSession),
-                DaemonOutput::Dropped(DropReason::NoSession),
-                DaemonOutput::Dropped(DropReason::BadMessage)
-            ]
-        );
-        assert_eq!(d.drops().get(DropReason::NoSession), 2);
-        assert_eq!(d.port_counters(&Output::Iface("vm0".into())).tx_frames, 1);
-    }
-
-    #[test]
-    fn a_link_frame_with_one_hop_left_is_dropped_at_the_hop_limit() {
-        let (p1, p2): (SocketAddr, SocketAddr) = (
-            "198.18.0.2:7400".parse().unwrap(),
-            "198.18.0.3:7400".parse().unwrap(),
-        );
-        let mut t = topology();
-        t.links.push(LinkSpec {
-            name: "h0-h2".into(),
-            ..t.links[0].clone()
-        });
-        t.rules.push(RuleEntry {
-            id: None,
-            src: MacMatch::Any,
-            dst: DstMatch::Mac(MacMatch::Exact(B)),
-            out: vec![Output::Link("h0-h2".into())],
-        });
-        let mut d = SimDaemon::new("h0");
-        d.configure(t).unwrap();
-        d.link_up("h0-h1", p1, 7);
-        d.link_up("h0-h2", p2, 8);
-        // From the link with 2 hops left the frame leaves with 1; with 1 left it cannot.
-        for hops in [2, 1] {
-            let mut m = Vec::new();
-            wire::encode_frame(hops, 7, 0, &[&frame(B, A)], &mut m).unwrap();
-            d.datagram_from_underlay(p1, &m);
-        }
-        let out = drain(&mut d);
-        let [DaemonOutput::Transmit { to, datagram }, DaemonOutput::Dropped(DropReason::HopLimit)] =
-            out.as_slice()
-        else {
-            panic!("{out:?}");
-        };
-        assert_eq!(
-            (*to, wire::decode_datagram(datagram).unwrap().0.hop_limit),
-            (p2, 1)
-        );
-        assert_eq!(d.port_counters(&Output::Link("h0-h2".into())).tx_drops, 1);
-        assert_eq!(link_hops(16), Some(15));
-        assert_eq!(link_hops(0), None);
-    }
-
-    #[test]
-    fn reconfiguring_keeps_ports_and_ids_and_restarts_changed_links() {
-        let peer: SocketAddr = "198.18.0.2:7400".parse().unwrap();
-        let mut d = SimDaemon::new("h0");
-        d.configure(topology()).unwrap();
-        d.link_up("h0-h1", peer, 7);
-        let ids: Vec<_> = d.topology().rules.iter().map(|r| r.id).collect();
-        // The same topology with its ids: nothing changes, the session stays.
-        d.configure(d.topology().clone()).unwrap();
-        assert_eq!(d.link_session("h0-h1"), Some(7));
-        assert_eq!(d.topology().rules.iter().map(|r| r.id).collect::<Vec<_>>(), ids);
-        // Without ids: numbered after the largest in use.
-        d.configure(topology()).unwrap();
-        assert!(d.topology().rules.iter().all(|r| r.id > ids[1]));
-        let mut changed = topology();
-        changed.links[0].proto = LinkProto::Tcp;
-        d.configure(changed).unwrap();
-        assert_eq!(d.link_session("h0-h1"), None, "a changed link restarts");
-        let mut bad = topology();
-        bad.rules[0].out = vec![Output::Iface("vm9".into())];
-        assert!(d.configure(bad).is_err());
         assert!(matches!(
-            d.frame_from_vm("vm9", &frame(B, A)),
+            d[0].frame_from_vm("vm9", &frame(B, A)),
             Err(IfaceError::NotConfigured(_))
         ));
+
+        // h0 restarts: h1's next frame earns a Reset, and h1 handshakes again at once.
+        d[0] = daemon("h0", 1, 3, now);
+        d[0].configure(topology(A, None), now).unwrap();
+        d[1].frame_from_vm("vm0", &frame(A, B)).unwrap();
+        let out = exchange(&mut d, now);
+        assert!(
+            out.contains(&(0, DaemonOutput::Dropped(DropReason::NoSession))),
+            "{out:?}"
+        );
+        let new = d[0].link_session("h0-h1");
+        assert!(new.is_some() && new != session, "{new:?} replaces {session:?}");
+        assert_eq!(d[1].link_session("h0-h1"), new);
+        assert!(out.iter().any(|(i, o)| *i == 1
+            && *o
+                == DaemonOutput::LinkDown {
+                    link: Arc::from("h0-h1"),
+                    session: session.unwrap()
+                }));
     }
 }

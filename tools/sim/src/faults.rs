@@ -111,6 +111,20 @@ impl FaultSchedule {
         self.delay.1 + self.jitter
     }
 
+    /// The same schedule with every partition and crash `by` later (to let links come
+    /// up first).
+    pub fn shifted(mut self, by: Duration) -> FaultSchedule {
+        for p in &mut self.partitions {
+            p.from = p.from + by;
+            p.until = p.until + by;
+        }
+        for c in &mut self.crashes {
+            c.at = c.at + by;
+            c.restart = c.restart + by;
+        }
+        self
+    }
+
     /// When the last partition heals or the last crashed daemon restarts.
     pub fn last_fault_end(&self) -> SimTime {
         let heals = self.partitions.iter().map(|p| p.until);

@@ -15,21 +15,23 @@
 //!   path with its own delay, jitter (which reorders), loss and duplication; partitions
 //!   cut sets of hosts off for an interval. All of it comes from the fault schedule
 //!   ([`faults`]), drawn from the seed or written by hand.
-//! - **Daemons** ([`daemon`]): each host runs a [`SimDaemon`] holding the
-//!   `vnet_core::config::Topology` the real daemon would hold (compiled with
-//!   [`fn@lang::compile`], as `vnet apply` does), the port registry of stable `PortId`s,
-//!   rule ids numbered as the real daemon numbers them, and the real `ForwardingTable`
-//!   and `Forwarder`. Frames between daemons travel as real link messages
-//!   (`vnet_core::wire`) with the real hop-limit rule: a frame from a VM starts with
-//!   `DEFAULT_HOP_LIMIT`, a link output needs one hop left after the one it uses, else
-//!   the frame is dropped as `hop_limit`. A crash drops the daemon (forwarding state and
-//!   links); a restart builds a new one from the topology it last had (its state file).
-//! - **Links — the modelled part, to be replaced** ([`links`]): a link is up exactly
-//!   when both daemons run, both declare it (one dials the other's address) and no
-//!   partition separates them; it comes up and goes down at once, with a fresh session
-//!   id each time. Frames on it still meet the underlay's loss, duplication, reordering
-//!   and delay. Every transport is a datagram path here: TCP's retransmission and
-//!   ordering are not modelled.
+//! - **Daemons** ([`daemon`]): each host runs a [`SimDaemon`], a second, pure driver of
+//!   the real daemon's pieces: the real `vnet_control::state::ControlState`, configured
+//!   with `ConfigReplace` (the topology compiled with [`fn@lang::compile`], as `vnet
+//!   apply` does) whose effects it carries out with `carry_out` as `vnetd` does (the
+//!   published table is the one it forwards with; port ids are the state's; `Persist` is
+//!   the state file), the real `vnet_core::endpoint::Endpoint` for its links, and the
+//!   real `Forwarder` and wire codec with the real hop-limit rule
+//!   (`vnet_core::forward::link_hop_limit`). A crash drops the daemon (control state,
+//!   endpoint, sessions); a restart starts a new one from its state file.
+//! - **Links** are real sessions: link messages (Hello, Challenge, Proof, Welcome,
+//!   Keepalive, Reset, Frame) are datagrams on the underlay, subject to every fault.
+//!   Each daemon's endpoint timer (`poll_timeout`) is an event in the queue. A link's send
+//!   side is installed on the endpoint's `Established` and removed on `Lost`, as the real
+//!   UDP driver does. **All links are UDP links** here, whatever their spec says: TCP's
+//!   reliable ordered streams are not modelled, and frames are not sealed (sealing lives
+//!   in `vnet-seal`, outside the pure crates). Scenarios let links handshake
+//!   ([`Sim::await_links`], within [`check::LINK_SETUP`]) before traffic starts.
 //! - **VMs** ([`vm`]): a MAC behind a daemon interface (`iface:vmN`). Every frame a VM
 //!   sends carries a unique id in its payload, so the [`ledger`] accounts every copy that
 //!   reaches a VM and every datagram, loss, duplicate and drop of it.
@@ -40,25 +42,15 @@
 //!   targets for `vnet apply` that keep, move and drop those, and bad overlays whose
 //!   rules form a cycle.
 //!
-//! # Where the real control state and link sessions plug in
+//! # Real and modelled
 //!
-//! [`SimDaemon`] is the one interface the simulation drives: `configure(Topology)`,
-//! `frame_from_vm`, `datagram_from_underlay`, `poll_output` (datagrams, frames for
-//! VMs, drops), plus `link_up` / `link_down` from the modelled link layer.
-//!
-//! - `vnet_control::state` replaces the body of [`SimDaemon::configure`]: it becomes
-//!   `apply(Request::ConfigReplace(topology), now)` and the effects it returns (table to
-//!   publish, links to start or stop) are carried out where the port registry and table
-//!   build are now.
-//! - The sans-IO link sessions replace [`links`] and `link_up` / `link_down`: each
-//!   configured link of a daemon owns a session; `datagram_from_underlay` hands it the
-//!   messages that are not frames (`handle_input`); its events install and remove the
-//!   link's port; `poll_transmit` feeds `DaemonOutput::Transmit`; and `SimDaemon` gains
-//!   `poll_timeout` / `handle_timeout` (the minimum over its sessions), for which the
-//!   simulation schedules a timer event per daemon after every step. `Sim::refresh_links`
-//!   and the oracle go away; [`check::links_recovered`] and [`check::RECOVERY_BOUND`] then
-//!   check what the sessions do instead of what the model grants.
-//!
+//! Real: the control state, the port registry and rule ids, table builds, the link
+//! endpoint and sessions (handshakes, keepalives, dead peers, Resets, half-open
+//! responders, replacement), forwarding, the wire codec, `lang`'s compiler, diff and
+//! steps. Modelled: the underlay (delay, jitter, loss, duplication, partitions), VMs,
+//! devices (an interface always opens), TCP and QUIC (run as UDP links), sealing,
+//! processing time (none), and the network key (one for the whole overlay).
+
 //! # The checks (against [`mod@reference`], the language's own route tracer)
 //!
 //! - **Unicast**: with no fault on its path a frame between two VMs reaches the right VM
@@ -68,10 +60,18 @@
 //!   make.
 //! - **Loops**: in a cycle of rules a frame crosses exactly `DEFAULT_HOP_LIMIT − 1`
 //!   links and is dropped once, counted as `hop_limit`; nothing circulates beyond it.
-//! - **Recovery**: [`check::RECOVERY_BOUND`] after the last partition heals or crashed
-//!   daemon (the proxy among them) restarts, every link is up at both ends with one
-//!   session, and a frame between every pair of VMs is delivered exactly once (unless
-//!   the underlay lost or duplicated it).
+//! - **Recovery**: [`check::RECOVERY_BOUND`] (1.7 s, derived from the session
+//!   constants in its docs: two keepalives, three retransmissions, six one-way delays)
+//!   after the last partition heals or crashed daemon (the proxy among them) restarts,
+//!   every link is up at both ends with one session, and a frame between every pair of
+//!   VMs is delivered exactly once (unless the underlay lost or duplicated it).
+//! - **Sessions**: under loss, duplication and reordering every link comes up within
+//!   [`check::LINK_SETUP`] with exactly one session at both ends
+//!   ([`scenario::Scenario::Handshakes`]); after a daemon restarts during traffic its
+//!   links are back within [`scenario::RESTART_RECOVERY`] (550 ms: a keepalive interval
+//!   and six one-way delays) with new sessions replacing the old at both ends
+//!   ([`scenario::Scenario::Restart`]); and no daemon ever forwards a frame through a
+//!   session it does not have up with the sender ([`check::no_stale_sessions`]).
 //! - **Apply**: `lang::diff(current, target)` runs primitive by primitive (apply it,
 //!   recompile, reconfigure the daemons it changes, then a frame between every pair of
 //!   VMs and a broadcast from each), and grouped as `vnet apply` groups it (a probe
@@ -105,7 +105,8 @@
 //!
 //! # Running and replaying
 //!
-//! `cargo test -p vnet-sim` runs every scenario over 100 random seeds each. A failure
+//! `cargo test -p vnet-sim` runs every scenario (`delivery`, `faults`, `loops`, `apply`,
+//! `handshakes`, `restart`) over 100 random seeds each. A failure
 //! prints its seed and replays exactly:
 //!
 //! ```text
@@ -123,7 +124,6 @@ pub mod check;
 pub mod daemon;
 pub mod faults;
 pub mod ledger;
-pub mod links;
 pub mod queue;
 pub mod reference;
 pub mod scenario;
@@ -161,6 +161,8 @@ pub enum Stream {
     Underlay = 4,
     /// Targets for `vnet apply`.
     Apply = 5,
+    /// The daemons' handshake randomness (nonces, ephemeral keys, session ids).
+    Sessions = 6,
 }
 
 /// The RNG of `stream` for `seed`.

@@ -10,10 +10,11 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use vnet_core::mac::MacAddr;
+use vnet_core::session::KEEPALIVE;
 
 use crate::apply::{self, Grouping, Stage};
-use crate::check::{self, Failure, Judged, Violation, RECOVERY_BOUND};
-use crate::faults::FaultSchedule;
+use crate::check::{self, Failure, Judged, Violation, LINK_SETUP, RECOVERY_BOUND};
+use crate::faults::{Crash, FaultSchedule};
 use crate::reference::{Expectation, Reference};
 use crate::sim::Sim;
 use crate::time::SimTime;
@@ -38,15 +39,34 @@ pub enum Scenario {
     /// grouped as `vnet apply` groups it: connectivity both overlays provide holds after
     /// every change, and the daemons agree with the model of every intermediate overlay.
     Apply,
+    /// Links handshake over an underlay that loses, duplicates and reorders (jitter)
+    /// datagrams: every link comes up within [`LINK_SETUP`] with exactly one session at
+    /// both ends, and every frame no fault touched is delivered exactly as the model
+    /// says.
+    Handshakes,
+    /// A daemon (the proxy, or another) crashes and restarts during traffic: the peer's
+    /// keepalive or frame earns a Reset, and every link is back within
+    /// [`RESTART_RECOVERY`] with a new session replacing the old at both ends; no frame
+    /// is delivered more often than the model says, none through a stale session, and
+    /// every frame sent after the recovery arrives exactly once.
+    Restart,
 }
+
+/// How soon after a daemon restarts on a calm underlay its links are up again: the peer
+/// sends a keepalive within [`KEEPALIVE`] (or a frame sooner), and a Reset's round trip
+/// and a handshake's two round trips follow: `400 ms + 6 × 25 ms` = 550 ms, within the
+/// second the e2e resilience tests measure on real kernels.
+pub const RESTART_RECOVERY: Duration = KEEPALIVE.saturating_add(check::MAX_ONE_WAY.saturating_mul(6));
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Delivery,
         Scenario::Faults,
         Scenario::Loops,
         Scenario::Apply,
+        Scenario::Handshakes,
+        Scenario::Restart,
     ];
 
     /// Its name, as `VNET_SIM_SCENARIO` takes it.
@@ -56,6 +76,8 @@ impl Scenario {
             Scenario::Faults => "faults",
             Scenario::Loops => "loops",
             Scenario::Apply => "apply",
+            Scenario::Handshakes => "handshakes",
+            Scenario::Restart => "restart",
         }
     }
 
@@ -76,6 +98,8 @@ impl Scenario {
             Scenario::Faults => run.faults(),
             Scenario::Loops => run.loops(),
             Scenario::Apply => run.apply(),
+            Scenario::Handshakes => run.handshakes(),
+            Scenario::Restart => run.restart(),
         };
         result.map_err(|v| Failure::new(self.name(), seed, v, run.sim.as_ref()))
     }
@@ -252,8 +276,10 @@ impl Run {
         let sim = self.sim.insert(
             Sim::new(self.seed, &overlay, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?,
         );
+        sim.await_links(LINK_SETUP).map_err(sim_error)?;
         let mut w = rng(self.seed, Stream::Workload);
-        let frames = all_pairs(sim, &mut w, SimTime::ZERO, Duration::from_secs(1));
+        let start = sim.now();
+        let frames = all_pairs(sim, &mut w, start, Duration::from_secs(1));
         sim.run_until_idle().map_err(sim_error)?;
         let mut reference = Reference::new(&overlay, sim);
         let judged = check::deliveries(sim, &mut reference, frames.iter().copied())?;
@@ -270,19 +296,27 @@ impl Run {
     fn faults(&mut self) -> Result<Summary, Violation> {
         let (_, overlay, _) = self.routed(2..=6, 3)?;
         let machines: Vec<String> = (0..overlay.hosts.len()).map(|i| format!("h{i}")).collect();
-        let horizon = SimTime::ZERO + Duration::from_secs(3);
-        let faults = FaultSchedule::random(&mut rng(self.seed, Stream::Faults), &machines, horizon);
+        // Links come up first; traffic and faults start after LINK_SETUP.
+        let start = SimTime::ZERO + LINK_SETUP;
+        let horizon = start + Duration::from_secs(3);
+        let faults = FaultSchedule::random(
+            &mut rng(self.seed, Stream::Faults),
+            &machines,
+            SimTime::ZERO + Duration::from_secs(3),
+        )
+        .shifted(LINK_SETUP);
         let settled = faults.last_fault_end() + RECOVERY_BOUND;
         let sim = self
             .sim
             .insert(Sim::new(self.seed, &overlay, faults, TraceMode::Full).map_err(sim_error)?);
+        sim.await_links(LINK_SETUP).map_err(sim_error)?;
         let mut w = rng(self.seed, Stream::Workload);
         // Traffic through the faults: each VM sends about 5 frames a second to a random
         // VM, one in ten a broadcast.
         let macs: Vec<MacAddr> = sim.vms().iter().map(|v| v.mac).collect();
         let mut frames = Vec::new();
         for i in 0..macs.len() {
-            let mut t = SimTime::ZERO;
+            let mut t = start;
             loop {
                 t = t + Duration::from_millis(w.gen_range(50..350));
                 if t >= horizon {
@@ -308,6 +342,7 @@ impl Run {
         let mut reference = Reference::new(&overlay, sim);
         let judged = check::deliveries(sim, &mut reference, frames.iter().copied())?;
         let recovered = check::deliveries(sim, &mut reference, after.iter().copied())?;
+        check::no_stale_sessions(sim)?;
         // After the faults only the underlay's loss and duplication may touch a frame.
         let touched = after
             .iter()
@@ -344,14 +379,16 @@ impl Run {
         let sim = self.sim.insert(
             Sim::new(self.seed, &overlay, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?,
         );
+        sim.await_links(LINK_SETUP).map_err(sim_error)?;
+        let start = sim.now();
         let mut w = rng(self.seed, Stream::Workload);
         let ghosts: Vec<FrameId> = (0..sim.vms().len())
             .map(|i| {
-                let t = SimTime::ZERO + Duration::from_millis(w.gen_range(0..1000));
+                let t = start + Duration::from_millis(w.gen_range(0..1000));
                 sim.send(VmId(i as u32), GHOST, t)
             })
             .collect();
-        let frames = all_pairs(sim, &mut w, SimTime::ZERO, Duration::from_secs(1));
+        let frames = all_pairs(sim, &mut w, start, Duration::from_secs(1));
         sim.run_until_idle().map_err(sim_error)?;
         let mut reference = Reference::new(&overlay, sim);
         if let Some(f) = ghosts.iter().find(|f| {
@@ -379,6 +416,121 @@ impl Run {
         Ok(self.summary(frames.len() + ghosts.len(), judged, notes))
     }
 
+    fn handshakes(&mut self) -> Result<Summary, Violation> {
+        let (_, overlay, _) = self.routed(2..=6, 3)?;
+        let mut f = rng(self.seed, Stream::Faults);
+        let mut faults = FaultSchedule::calm();
+        faults.loss = f.gen_range(0.0..0.05);
+        faults.duplicate = f.gen_range(0.0..0.05);
+        faults.jitter = Duration::from_millis(f.gen_range(5..=20));
+        faults.delay.1 = check::MAX_ONE_WAY - faults.jitter;
+        let sim = self
+            .sim
+            .insert(Sim::new(self.seed, &overlay, faults, TraceMode::Full).map_err(sim_error)?);
+        sim.await_links(LINK_SETUP).map_err(sim_error)?;
+        let setup = sim.now();
+        check::links_recovered(sim, &overlay)?;
+        let mut w = rng(self.seed, Stream::Workload);
+        let frames = all_pairs(sim, &mut w, setup, Duration::from_millis(500));
+        sim.run_until_idle().map_err(sim_error)?;
+        check::links_recovered(sim, &overlay)?;
+        check::no_stale_sessions(sim)?;
+        let mut reference = Reference::new(&overlay, sim);
+        let judged = check::deliveries(sim, &mut reference, frames.iter().copied())?;
+        let s = sim.faults();
+        let notes = vec![format!(
+            "{} links up with one session each after {setup} (loss up to {:.1}%, duplication up to {:.1}%, jitter {:?})",
+            overlay.links.len(),
+            s.loss * 100.0,
+            s.duplicate * 100.0,
+            s.jitter
+        )];
+        Ok(self.summary(frames.len(), judged, notes))
+    }
+
+    fn restart(&mut self) -> Result<Summary, Violation> {
+        let (_, overlay, _) = self.routed(2..=6, 3)?;
+        let mut f = rng(self.seed, Stream::Faults);
+        let host = if f.gen_bool(0.5) {
+            topology::PROXY.to_string()
+        } else {
+            format!("h{}", f.gen_range(1..overlay.hosts.len()))
+        };
+        let start = SimTime::ZERO + LINK_SETUP;
+        let at = start + Duration::from_millis(f.gen_range(200..1000));
+        let restart = at + Duration::from_millis(f.gen_range(10..600));
+        let mut faults = FaultSchedule::calm();
+        faults.crashes.push(Crash {
+            host: host.clone(),
+            at,
+            restart,
+        });
+        let sim = self
+            .sim
+            .insert(Sim::new(self.seed, &overlay, faults, TraceMode::Full).map_err(sim_error)?);
+        sim.await_links(LINK_SETUP).map_err(sim_error)?;
+        let mut w = rng(self.seed, Stream::Workload);
+        let macs: Vec<MacAddr> = sim.vms().iter().map(|v| v.mac).collect();
+        let mut frames = Vec::new();
+        for i in 0..macs.len() {
+            let mut t = start;
+            while t < restart + Duration::from_secs(2) {
+                t = t + Duration::from_millis(w.gen_range(10..100));
+                if let Some(&dst) = macs.choose(&mut w).filter(|m| **m != macs[i]) {
+                    frames.push(sim.send(VmId(i as u32), dst, t));
+                }
+            }
+        }
+        let links: Vec<String> = overlay
+            .links
+            .iter()
+            .filter(|(_, l)| l.owner == host || l.peer == host)
+            .map(|(n, _)| n.clone())
+            .collect();
+        sim.run_until(SimTime(at.0 - 1)).map_err(sim_error)?;
+        let before: Vec<Option<u32>> = links.iter().map(|n| sim.link_session(n)).collect();
+        sim.run_until(restart).map_err(sim_error)?;
+        sim.await_links(RESTART_RECOVERY).map_err(sim_error)?;
+        let recovered = sim.now();
+        for (name, old) in links.iter().zip(&before) {
+            let new = sim.link_session(name);
+            if new.is_none() || new == *old {
+                return Err(Violation::general(format!(
+                    "link {name} has session {new:?} after the restart of {host}, {old:?} before"
+                )));
+            }
+        }
+        sim.run_until_idle().map_err(sim_error)?;
+        check::no_stale_sessions(sim)?;
+        let mut reference = Reference::new(&overlay, sim);
+        let judged = check::deliveries(sim, &mut reference, frames.iter().copied())?;
+        let mut after = 0;
+        for &id in &frames {
+            let Some(r) = sim.ledger().get(id) else { continue };
+            let exp = reference.expect(sim.vms()[r.src.0 as usize].mac, r.dst);
+            if r.sent_at < recovered || !exp.clean {
+                continue;
+            }
+            after += 1;
+            let got = check::copies(r);
+            if got != exp.receivers {
+                return Err(Violation::frame(
+                    id,
+                    format!(
+                        "sent at {} after the links were back at {recovered}: copies {got:?}, model {:?}\n{}",
+                        r.sent_at, exp.receivers, exp.route
+                    ),
+                ));
+            }
+        }
+        let notes = vec![format!(
+            "{host} down {at}..{restart}: its {} links back {:?} after the restart with new sessions; {after} frames sent after that each delivered exactly as the model says",
+            links.len(),
+            recovered - restart
+        )];
+        Ok(self.summary(frames.len(), judged, notes))
+    }
+
     fn apply(&mut self) -> Result<Summary, Violation> {
         let (star, current, routing) = self.routed(3..=5, 2)?;
         let target = routing
@@ -393,6 +545,7 @@ impl Run {
             let sim = self.sim.insert(
                 Sim::new(self.seed, &current, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?,
             );
+            sim.await_links(LINK_SETUP).map_err(sim_error)?;
             let shared = Shared::new(sim, &current, &target);
             let done = apply::execute(sim, &current, &target, grouping, |sim, stage| {
                 let probed = shared.probe(sim, stage, grouping)?;

@@ -91,21 +91,19 @@ pub enum TraceEvent {
         /// Why.
         reason: DropReason,
     },
-    /// A link came up between two hosts.
+    /// A daemon's link got a new session with a peer.
     LinkUp {
-        /// The dialing end.
-        dialer: HostId,
-        /// The waiting end.
-        waiter: HostId,
+        /// The daemon's host.
+        host: HostId,
+        /// The peer's host.
+        peer: HostId,
         /// Its session id.
         session: u32,
     },
-    /// A link went down.
+    /// A daemon's link session ended.
     LinkDown {
-        /// The dialing end.
-        dialer: HostId,
-        /// The waiting end.
-        waiter: HostId,
+        /// The daemon's host.
+        host: HostId,
         /// The session that ended.
         session: u32,
     },
@@ -180,16 +178,8 @@ impl TraceEvent {
             TraceEvent::Dropped { frame, host, reason } => {
                 (8, [frame_word(*frame), h(host), *reason as u64, 0])
             }
-            TraceEvent::LinkUp {
-                dialer,
-                waiter,
-                session,
-            } => (9, [h(dialer), h(waiter), u64::from(*session), 0]),
-            TraceEvent::LinkDown {
-                dialer,
-                waiter,
-                session,
-            } => (10, [h(dialer), h(waiter), u64::from(*session), 0]),
+            TraceEvent::LinkUp { host, peer, session } => (9, [h(host), h(peer), u64::from(*session), 0]),
+            TraceEvent::LinkDown { host, session } => (10, [h(host), u64::from(*session), 0, 0]),
             TraceEvent::Crash { host } => (11, [h(host), 0, 0, 0]),
             TraceEvent::Restart { host } => (12, [h(host), 0, 0, 0]),
             TraceEvent::PartitionStarts { index } => (13, [u64::from(*index), 0, 0, 0]),
@@ -340,18 +330,14 @@ pub fn render(r: &Record, hosts: &[String], vms: &[Vm]) -> String {
             format!("{} drops {} ({})", host(h), frame(f), reason.name())
         }
         TraceEvent::LinkUp {
-            dialer,
-            waiter,
+            host: h,
+            peer,
             session,
         } => {
-            format!("link {}-{} up (session {session})", host(dialer), host(waiter))
+            format!("{} link to {} up (session {session})", host(h), host(peer))
         }
-        TraceEvent::LinkDown {
-            dialer,
-            waiter,
-            session,
-        } => {
-            format!("link {}-{} down (session {session})", host(dialer), host(waiter))
+        TraceEvent::LinkDown { host: h, session } => {
+            format!("{} link session {session} down", host(h))
         }
         TraceEvent::Crash { host: h } => format!("{} crashes", host(h)),
         TraceEvent::Restart { host: h } => format!("{} restarts from its state file", host(h)),

@@ -42,6 +42,16 @@ proptest! {
     fn apply(seed in any::<u64>()) {
         holds(Scenario::Apply, seed)?;
     }
+
+    #[test]
+    fn handshakes(seed in any::<u64>()) {
+        holds(Scenario::Handshakes, seed)?;
+    }
+
+    #[test]
+    fn restart(seed in any::<u64>()) {
+        holds(Scenario::Restart, seed)?;
+    }
 }
 
 /// Same seed, same trace, byte for byte; another seed, another trace.

@@ -66,20 +66,45 @@ pub struct LinkInfo {
     pub measure: LinkMeasure,
 }
 
+/// The state of a link without a session: it dials (`Connecting`) or waits for its peer.
+fn idle(dials: bool) -> LinkState {
+    if dials {
+        LinkState::Connecting
+    } else {
+        LinkState::Waiting
+    }
+}
+
 impl LinkInfo {
     /// A link not yet connected: it dials (`Connecting`) or waits for its peer.
     pub fn new(dials: bool) -> LinkInfo {
         LinkInfo {
-            state: if dials {
-                LinkState::Connecting
-            } else {
-                LinkState::Waiting
-            },
+            state: idle(dials),
             peer_node: None,
             remote: None,
             sessions: 0,
             last_error: None,
             measure: LinkMeasure::default(),
+        }
+    }
+}
+
+impl LinkInfo {
+    /// A session of the link came up with node `peer_node` at `remote`.
+    pub fn session_up(&mut self, peer_node: &str, remote: SocketAddr) {
+        self.state = LinkState::Up;
+        self.peer_node = Some(peer_node.to_string());
+        self.remote = Some(remote);
+        self.sessions += 1;
+        self.last_error = None;
+    }
+
+    /// The link's session ended: it dials again (`dials`) or waits for its peer. `error`
+    /// says why, when that is news for `vnet link list` (not for a peer that restarted).
+    pub fn session_lost(&mut self, dials: bool, error: Option<String>) {
+        self.state = idle(dials);
+        if let Some(e) = error {
+            self.last_error = Some(e);
         }
     }
 }
@@ -353,6 +378,30 @@ impl ControlState {
                 effects: Vec::new(),
             },
         }
+    }
+
+    /// Carries out `outcome`: `run` performs one effect and, for an interface it opened
+    /// (or failed to open), returns the interface's name and the result. Those reports
+    /// are fed back ([`ControlState::iface_opened`]) after their outcome's effects, in
+    /// order, and the effects of what they return are carried out in turn. Returns the
+    /// answer: the last [`Reply::Ready`] or [`Reply::Probe`], if any.
+    pub fn carry_out(
+        &mut self,
+        outcome: Outcome,
+        mut run: impl FnMut(Effect) -> Option<(String, Result<(), String>)>,
+    ) -> Option<Reply> {
+        let mut pending = vec![outcome];
+        let mut answer = None;
+        while let Some(Outcome { reply, effects }) = pending.pop() {
+            if matches!(reply, Reply::Ready(_) | Reply::Probe { .. }) {
+                answer = Some(reply);
+            }
+            let reports: Vec<_> = effects.into_iter().filter_map(&mut run).collect();
+            for (name, result) in reports.into_iter().rev() {
+                pending.push(self.iface_opened(&name, result));
+            }
+        }
+        answer
     }
 
     /// The driver's report on a device an [`Effect::OpenIface`] asked for: opened, or why
@@ -1210,6 +1259,79 @@ mod tests {
         s.iface_opened("vm0", Ok(()));
         let o = s.apply(Request::ConfigReplace(t), now);
         assert_eq!(kinds(&o.effects), ["publish", "persist"]);
+    }
+
+    #[test]
+    fn carry_out_feeds_device_reports_back_and_returns_the_answer() {
+        let (mut s, now) = state();
+        let t = Topology {
+            ifaces: vec![tap("vm0"), tap("vm1")],
+            links: vec![link("a", true)],
+            ..Topology::default()
+        };
+        let mut ran = Vec::new();
+        let outcome = s.apply(Request::ConfigReplace(t), now);
+        let reply = s.carry_out(outcome, |e| {
+            ran.extend(kinds(std::slice::from_ref(&e)));
+            match e {
+                Effect::OpenIface { spec, .. } if spec.name == "vm1" => Some((spec.name, Err("busy".into()))),
+                Effect::OpenIface { spec, .. } => Some((spec.name, Ok(()))),
+                _ => None,
+            }
+        });
+        assert_eq!(reply, Some(Reply::Ready(Ok(Response::Done))));
+        assert_eq!(ran, ["open vm0", "open vm1", "start a", "publish", "persist"]);
+        let o = s.apply(Request::IfaceList, now);
+        assert!(matches!(ready(&o), Ok(Response::Ifaces(l))
+            if l[0].up && !l[1].up && l[1].error.as_deref() == Some("busy")));
+        // An IfaceAdd is answered by its device's report, whose persist runs too.
+        let mut ran = Vec::new();
+        let outcome = s.apply(Request::IfaceAdd(tap("vm2")), now);
+        let reply = s.carry_out(outcome, |e| {
+            ran.extend(kinds(std::slice::from_ref(&e)));
+            match e {
+                Effect::OpenIface { spec, .. } => Some((spec.name, Ok(()))),
+                _ => None,
+            }
+        });
+        assert_eq!(reply, Some(Reply::Ready(Ok(Response::Done))));
+        assert_eq!(ran, ["open vm2", "persist"]);
+        let probe = s.apply(
+            Request::Probe {
+                to: "198.18.0.3:7400".parse().unwrap(),
+                max_bytes: None,
+                max_ms: None,
+            },
+            now,
+        );
+        assert!(matches!(s.carry_out(probe, |_| None), Some(Reply::Probe { .. })));
+    }
+
+    #[test]
+    fn link_info_follows_its_sessions() {
+        let remote: SocketAddr = "198.18.0.3:7400".parse().unwrap();
+        let mut i = LinkInfo::new(true);
+        assert_eq!(i.state, LinkState::Connecting);
+        i.last_error = Some("timed out".into());
+        i.session_up("h2", remote);
+        assert_eq!(
+            (
+                i.state,
+                i.peer_node.as_deref(),
+                i.remote,
+                i.sessions,
+                i.last_error.clone()
+            ),
+            (LinkState::Up, Some("h2"), Some(remote), 1, None)
+        );
+        i.session_lost(true, None);
+        assert_eq!((i.state, i.last_error.clone()), (LinkState::Connecting, None));
+        i.session_up("h2", remote);
+        i.session_lost(false, Some("no datagram from the peer for 5s".into()));
+        assert_eq!(
+            (i.state, i.sessions, i.last_error.as_deref()),
+            (LinkState::Waiting, 2, Some("no datagram from the peer for 5s"))
+        );
     }
 
     #[test]

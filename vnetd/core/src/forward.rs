@@ -160,6 +160,16 @@ impl PortStats {
     }
 }
 
+/// The hop limit a frame leaves by a link with, having arrived with `hop_limit` hops left:
+/// it used one hop to get here, and a link cannot carry it with none left
+/// ([`DropReason::HopLimit`]). Outputs to local interfaces take no hop.
+pub fn link_hop_limit(hop_limit: u8) -> Result<u8, DropReason> {
+    hop_limit
+        .checked_sub(1)
+        .filter(|h| *h > 0)
+        .ok_or(DropReason::HopLimit)
+}
+
 /// A forwarding worker's private state: its lookup cache.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -257,6 +267,14 @@ mod tests {
             Err(DropReason::HopLimit)
         );
         assert_eq!(stats.frames(), 2, "split horizon still fired the rule");
+    }
+
+    #[test]
+    fn a_link_takes_a_frame_with_a_hop_left_after_its_own() {
+        assert_eq!(link_hop_limit(16), Ok(15));
+        assert_eq!(link_hop_limit(2), Ok(1));
+        assert_eq!(link_hop_limit(1), Err(DropReason::HopLimit));
+        assert_eq!(link_hop_limit(0), Err(DropReason::HopLimit));
     }
 
     #[test]

@@ -371,36 +371,21 @@ impl Daemon {
         ifaces: &mut HashMap<String, IfaceRuntime>,
         outcome: Outcome,
     ) -> Answer {
-        let mut pending = vec![outcome];
-        let mut answer = None;
-        while let Some(Outcome { reply, effects }) = pending.pop() {
-            match reply {
-                Reply::Ready(r) => answer = Some(Answer::Ready(r)),
-                Reply::Probe {
-                    to,
-                    max_bytes,
-                    max_ms,
-                } => {
-                    answer = Some(Answer::Probe {
-                        to,
-                        max_bytes,
-                        max_ms,
-                    })
-                }
-                Reply::AwaitOpen | Reply::Nothing => {}
-            }
-            // Device reports come after the effects of their outcome, in order.
-            let mut reports = Vec::new();
-            for effect in effects {
-                if let Some((name, result)) = self.effect(ifaces, effect) {
-                    reports.push((name, result));
-                }
-            }
-            for (name, result) in reports.into_iter().rev() {
-                pending.push(state.iface_opened(&name, result));
+        match state.carry_out(outcome, |effect| self.effect(ifaces, effect)) {
+            Some(Reply::Ready(r)) => Answer::Ready(r),
+            Some(Reply::Probe {
+                to,
+                max_bytes,
+                max_ms,
+            }) => Answer::Probe {
+                to,
+                max_bytes,
+                max_ms,
+            },
+            Some(Reply::AwaitOpen | Reply::Nothing) | None => {
+                Answer::Ready(Err(ControlError::System("the request got no answer".into())))
             }
         }
-        answer.unwrap_or_else(|| Answer::Ready(Err(ControlError::System("the request got no answer".into()))))
     }
 
     /// Carries out one effect; for an interface to open, its name and whether it opened.

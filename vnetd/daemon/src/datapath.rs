@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use vnet_control::dataplane::Dataplane;
 use vttif::Direction;
 
-use vnet_core::forward::{DropCounters, DropReason, Forwarder, PortStats};
+use vnet_core::forward::{link_hop_limit, DropCounters, DropReason, Forwarder, PortStats};
 use vnet_core::mac::MacAddr;
 use vnet_core::offload::{self, VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM};
 use vnet_core::table::{ForwardingTable, PortId};
@@ -261,11 +261,7 @@ fn send(
     bufs: &mut Buffers,
 ) -> Result<(), DropReason> {
     let hops = if port.is_link {
-        // The frame has used one hop to get here; a link cannot carry it with none left.
-        match hop_limit.checked_sub(1) {
-            Some(h) if h > 0 => h,
-            _ => return Err(DropReason::HopLimit),
-        }
+        link_hop_limit(hop_limit)?
     } else {
         0
     };

@@ -15,7 +15,6 @@ pub mod udp;
 use std::sync::{Arc, Mutex};
 
 use crate::daemon::LinkInfo;
-use vnet_control::proto::LinkState;
 
 /// Kernel buffers of a UDP or QUIC link socket, each way: the default (about 200 KiB)
 /// overflows within a millisecond at link speed, and every datagram it drops is a frame
@@ -109,13 +108,4 @@ pub(crate) fn deliver(
 /// Updates a link's reported status.
 pub(crate) fn update(info: &Arc<Mutex<LinkInfo>>, f: impl FnOnce(&mut LinkInfo)) {
     f(&mut info.lock().unwrap_or_else(|p| p.into_inner()));
-}
-
-/// The state a link falls back to when its session ends.
-pub(crate) fn idle_state(dials: bool) -> LinkState {
-    if dials {
-        LinkState::Connecting
-    } else {
-        LinkState::Waiting
-    }
 }

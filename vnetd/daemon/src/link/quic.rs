@@ -37,7 +37,6 @@ use crate::datapath::PortTx;
 use crate::link::meter::SessionMeter;
 use crate::link::stream::{adopt_session, initiate, read_hello, redial, respond, Answered, Inbox, LinkError};
 use crate::link::{forward_from, tap_coalescer, update, SOCKET_BUFFER};
-use vnet_control::proto::LinkState;
 use vnet_core::config::LinkProto;
 use vnet_core::forward::DropReason;
 use vnet_core::fragment::{self, Reassembler};
@@ -329,13 +328,7 @@ async fn run_session(
         next_id: AtomicU16::new(0),
     });
     let token = daemon.link_up(name, PortTx::Quic(tx));
-    update(info, |i| {
-        i.state = LinkState::Up;
-        i.peer_node = Some(session.peer_node.clone());
-        i.remote = Some(conn.remote_address());
-        i.sessions += 1;
-        i.last_error = None;
-    });
+    update(info, |i| i.session_up(&session.peer_node, conn.remote_address()));
     let (port, stats) = daemon.port(&Output::Link(name.to_string()));
     let meter = SessionMeter::new(info.clone(), stats.clone());
     let ticker = tokio::spawn({

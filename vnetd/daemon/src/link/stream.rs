@@ -314,10 +314,7 @@ where
     let task = tokio::spawn(async move {
         let end = session.await;
         tracing::warn!(link = %name, "link down: {end}");
-        update(&info, |i| {
-            i.state = LinkState::Waiting;
-            i.last_error = Some(end.to_string());
-        });
+        update(&info, |i| i.session_lost(false, Some(end.to_string())));
     });
     daemon.replace_session_task(&link, task);
 }

@@ -26,9 +26,8 @@ use crate::link::probe::{self, PROBE_LINK};
 use crate::link::stream::{
     adopt_session, initiate, read_hello, redial, respond, session_crypto, Answered, Inbox, LinkError,
 };
-use crate::link::{deliver, frame_payload, idle_state, update};
+use crate::link::{deliver, frame_payload, update};
 use crate::threads::{thread_name, DataThread, Stop};
-use vnet_control::proto::LinkState;
 use vnet_core::config::LinkProto;
 use vnet_core::forward::{DropReason, PortStats};
 use vnet_core::handshake::Session;
@@ -209,18 +208,12 @@ async fn run_session(
             superframes: agreed.superframes(),
         },
     );
-    update(&info, |i| {
-        i.state = LinkState::Up;
-        i.peer_node = Some(agreed.peer_node.clone());
-        i.remote = Some(remote);
-        i.sessions += 1;
-        i.last_error = None;
-    });
+    update(&info, |i| i.session_up(&agreed.peer_node, remote));
     let end = ended
         .await
         .unwrap_or_else(|_| LinkError::Transport("the session thread panicked".into()));
     daemon.link_down(name, token);
-    update(&info, |i| i.state = idle_state(false));
+    update(&info, |i| i.session_lost(false, None));
     end
 }
 

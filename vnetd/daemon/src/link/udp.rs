@@ -25,11 +25,9 @@ use crate::datapath::{PortTx, Worker};
 use crate::link::meter::SessionMeter;
 use crate::link::stream::session_crypto;
 use crate::link::{
-    credentials, deliver, entropy, forward_from, frame_payload, idle_state, tap_coalescer, update,
-    SOCKET_BUFFER,
+    credentials, deliver, entropy, forward_from, frame_payload, tap_coalescer, update, SOCKET_BUFFER,
 };
 use crate::threads::{DataThread, Stop};
-use vnet_control::proto::LinkState;
 use vnet_core::endpoint::{Datagram, Endpoint, EndpointEvent, LinkId};
 use vnet_core::forward::PortStats;
 use vnet_core::gro::Coalescer;
@@ -428,18 +426,15 @@ impl Task {
                 if let Some(up) = l.up.take() {
                     self.daemon.link_down(&l.name, up.token);
                 }
-                let state = idle_state(l.dials);
+                let dials = l.dials;
                 match lost {
                     Lost::Reset => {
                         tracing::info!(link = %l.name, "peer lost our udp session (restarted?); handshaking again");
-                        update(&l.info, |i| i.state = state);
+                        update(&l.info, |i| i.session_lost(dials, None));
                     }
                     lost => {
                         tracing::warn!(link = %l.name, "udp session ended: {lost}");
-                        update(&l.info, |i| {
-                            i.state = state;
-                            i.last_error = Some(lost.to_string());
-                        });
+                        update(&l.info, |i| i.session_lost(dials, Some(lost.to_string())));
                     }
                 }
             }
@@ -477,12 +472,6 @@ impl Task {
             meter: SessionMeter::new(link.info.clone(), link.stats.clone()),
         });
         tracing::info!(link = %link.name, peer = %addr, node = %s.peer_node, "link up (udp)");
-        update(&link.info, |i| {
-            i.state = LinkState::Up;
-            i.peer_node = Some(s.peer_node.clone());
-            i.remote = Some(addr);
-            i.sessions += 1;
-            i.last_error = None;
-        });
+        update(&link.info, |i| i.session_up(&s.peer_node, addr));
     }
 }
