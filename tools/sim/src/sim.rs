@@ -696,6 +696,20 @@ impl Sim {
                 out += &line(r);
             }
         }
+        // Why a link was down is in the overlay's own events, often long before the tail.
+        let overlay: Vec<&trace::Record> = self
+            .trace
+            .records()
+            .filter(|r| r.event.frame().is_none())
+            .collect();
+        out += &format!(
+            "  faults: {:?}\n  link, daemon and partition events ({}):\n",
+            self.faults,
+            overlay.len()
+        );
+        for r in &overlay[overlay.len().saturating_sub(tail.max(200))..] {
+            out += &line(r);
+        }
         let all: Vec<&trace::Record> = self.trace.records().collect();
         out += &format!("  last {} of {} events:\n", tail.min(all.len()), self.trace.len());
         for r in &all[all.len().saturating_sub(tail)..] {

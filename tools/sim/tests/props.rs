@@ -101,3 +101,14 @@ fn known_findings_still_show() {
         run(seed);
     }
 }
+
+/// Seed 2245490533581263225 (faults): a daemon crashed between its Challenge and the
+/// peer's Proof; the restarted daemon ignored the retransmitted Proof, so the dialing end
+/// waited out its 3 s handshake deadline and the link stayed down past the recovery
+/// bound. Now an unknown Proof earns a Reset and the dialing end starts over at once.
+#[test]
+fn a_proof_for_a_lost_handshake_is_reset() {
+    Scenario::Faults
+        .run(2245490533581263225)
+        .unwrap_or_else(|f| panic!("{f}"));
+}

@@ -9,9 +9,12 @@
 //!   handshake (and the session id for Welcome);
 //! - Proof: address and session id of a half-open responder, or of an up session whose
 //!   Welcome got lost;
-//! - Frame, Keepalive, Reset: address and session id of an up session. A Frame or
-//!   Keepalive for a session nobody knows (the peer restarted) earns a rate-limited Reset,
-//!   upon which a dialing end handshakes again at once.
+//! - Frame, Keepalive: address and session id of an up session;
+//! - Reset: address and session id of an up session, or of a dialing link awaiting its
+//!   Welcome.
+//!
+//! A Frame, Keepalive or Proof for a session nobody knows (the peer restarted) earns a
+//! rate-limited Reset, upon which a dialing end handshakes again at once.
 //!
 //! A new handshake for a link that is up never tears it down: the half-open responder
 //! replaces the session only once its peer has proven the key. A link holds up to
@@ -257,7 +260,10 @@ impl Endpoint {
                 self.deliver_current(at.first().copied(), m)
             }
             Kind::Reset => {
-                let at = self.up_path(from, header.session);
+                let at = self.up_path(from, header.session).or_else(|| {
+                    let awaiting = self.dialing(from, |p| p == Phase::AwaitWelcome(header.session));
+                    awaiting.first().copied()
+                });
                 self.deliver_current(at, m)
             }
             Kind::Refused => {
@@ -302,16 +308,7 @@ impl Endpoint {
     fn on_session_message<'a>(&mut self, m: Received<'a>) -> Datagram<'a> {
         let (from, header, now) = (m.from, m.header, m.now);
         let Some(i) = self.up_path(from, header.session) else {
-            if self.resets.allow(now) {
-                let reset = {
-                    let mut m = Vec::with_capacity(wire::HEADER_LEN);
-                    // An empty payload always fits.
-                    let _ = wire::encode_message(Kind::Reset, 0, header.session, &[], &mut m);
-                    m
-                };
-                self.outbox.push_back((transmit(from, None, Kind::Reset), reset));
-            }
-            return Datagram::Dropped(DropReason::NoSession);
+            return self.reset(from, header.session, now);
         };
         if header.kind == Kind::Frame {
             // The hot path: no event can follow a frame, so nothing needs settling.
@@ -327,6 +324,18 @@ impl Endpoint {
             return Datagram::Consumed;
         }
         self.deliver_current(Some(i), m)
+    }
+
+    /// A message for session `id`, which nobody here knows (the peer restarted, or this
+    /// end did): answered by a rate-limited Reset naming it, dropped as `no_session`.
+    fn reset<'a>(&mut self, from: SocketAddr, id: u32, now: Instant) -> Datagram<'a> {
+        if self.resets.allow(now) {
+            let mut reset = Vec::with_capacity(wire::HEADER_LEN);
+            // An empty payload always fits.
+            let _ = wire::encode_message(Kind::Reset, 0, id, &[], &mut reset);
+            self.outbox.push_back((transmit(from, None, Kind::Reset), reset));
+        }
+        Datagram::Dropped(DropReason::NoSession)
     }
 
     /// Hands a message to link `i`'s current session and settles what follows.
@@ -437,7 +446,9 @@ impl Endpoint {
                 self.settle(i, now);
                 datagram(input, i, header)
             }
-            None => Datagram::Consumed,
+            // This end restarted (or displaced the responder) after its Challenge: the
+            // Reset makes the dialing end start over instead of waiting out its deadline.
+            None => self.reset(from, header.session, now),
         }
     }
 

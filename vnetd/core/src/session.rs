@@ -630,7 +630,7 @@ impl LinkSession {
             Kind::Welcome => self.on_welcome(header.session, now),
             Kind::Hello => self.on_hello(payload),
             Kind::Refused => self.on_refused(payload),
-            Kind::Reset => self.on_reset(),
+            Kind::Reset => self.on_reset(header.session),
             Kind::Frame => self.stray(header.kind),
         }
     }
@@ -804,7 +804,7 @@ impl LinkSession {
         Input::Consumed
     }
 
-    fn on_reset(&mut self) -> Input<'static> {
+    fn on_reset(&mut self, id: u32) -> Input<'static> {
         match (&self.state, self.policy.transport) {
             // Unauthenticated: it can make a dialing end handshake again, never cut a
             // waiting end's session.
@@ -812,6 +812,13 @@ impl LinkSession {
                 if up.initiator {
                     self.lose(Lost::Reset);
                 }
+                Input::Consumed
+            }
+            // The responder lost the handshake (it restarted after its Challenge):
+            // retransmitting the Proof until the deadline would keep the link down for
+            // seconds, so start over at once.
+            (State::AwaitWelcome { session, .. }, Transport::Datagram) if *session == id => {
+                self.lose(Lost::Reset);
                 Input::Consumed
             }
             _ => self.stray(Kind::Reset),
