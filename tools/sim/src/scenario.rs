@@ -239,6 +239,20 @@ fn all_pairs(sim: &mut Sim, rng: &mut ChaCha8Rng, at: SimTime, spread: Duration)
     frames
 }
 
+/// Starts the simulation of `overlay` under `faults` in `slot` and lets its links
+/// handshake (a function of the slot, not of the run, so the run's other fields stay
+/// usable while the simulation is borrowed).
+fn simulate<'a>(
+    slot: &'a mut Option<Sim>,
+    seed: u64,
+    overlay: &Overlay,
+    faults: FaultSchedule,
+) -> Result<&'a mut Sim, Violation> {
+    let sim = slot.insert(Sim::new(seed, overlay, faults, TraceMode::Full).map_err(sim_error)?);
+    sim.await_links(LINK_SETUP).map_err(sim_error)?;
+    Ok(sim)
+}
+
 impl Run {
     fn summary(&self, frames: usize, judged: Judged, notes: Vec<String>) -> Summary {
         let sim = self.sim.as_ref();
@@ -273,10 +287,7 @@ impl Run {
 
     fn delivery(&mut self) -> Result<Summary, Violation> {
         let (_, overlay, _) = self.routed(2..=8, 4)?;
-        let sim = self.sim.insert(
-            Sim::new(self.seed, &overlay, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?,
-        );
-        sim.await_links(LINK_SETUP).map_err(sim_error)?;
+        let sim = simulate(&mut self.sim, self.seed, &overlay, FaultSchedule::calm())?;
         let mut w = rng(self.seed, Stream::Workload);
         let start = sim.now();
         let frames = all_pairs(sim, &mut w, start, Duration::from_secs(1));
@@ -306,10 +317,7 @@ impl Run {
         )
         .shifted(LINK_SETUP);
         let settled = faults.last_fault_end() + RECOVERY_BOUND;
-        let sim = self
-            .sim
-            .insert(Sim::new(self.seed, &overlay, faults, TraceMode::Full).map_err(sim_error)?);
-        sim.await_links(LINK_SETUP).map_err(sim_error)?;
+        let sim = simulate(&mut self.sim, self.seed, &overlay, faults)?;
         let mut w = rng(self.seed, Stream::Workload);
         // Traffic through the faults: each VM sends about 5 frames a second to a random
         // VM, one in ten a broadcast.
@@ -376,10 +384,7 @@ impl Run {
         let (_, routed, _) = self.routed(3..=8, 3)?;
         let (overlay, cycle) =
             topology::with_cycle(&mut rng(self.seed, Stream::Topology), &routed).map_err(sim_error)?;
-        let sim = self.sim.insert(
-            Sim::new(self.seed, &overlay, FaultSchedule::calm(), TraceMode::Full).map_err(sim_error)?,
-        );
-        sim.await_links(LINK_SETUP).map_err(sim_error)?;
+        let sim = simulate(&mut self.sim, self.seed, &overlay, FaultSchedule::calm())?;
         let start = sim.now();
         let mut w = rng(self.seed, Stream::Workload);
         let ghosts: Vec<FrameId> = (0..sim.vms().len())
@@ -424,10 +429,7 @@ impl Run {
         faults.duplicate = f.gen_range(0.0..0.05);
         faults.jitter = Duration::from_millis(f.gen_range(5..=20));
         faults.delay.1 = check::MAX_ONE_WAY - faults.jitter;
-        let sim = self
-            .sim
-            .insert(Sim::new(self.seed, &overlay, faults, TraceMode::Full).map_err(sim_error)?);
-        sim.await_links(LINK_SETUP).map_err(sim_error)?;
+        let sim = simulate(&mut self.sim, self.seed, &overlay, faults)?;
         let setup = sim.now();
         check::links_recovered(sim, &overlay)?;
         let mut w = rng(self.seed, Stream::Workload);
@@ -465,10 +467,7 @@ impl Run {
             at,
             restart,
         });
-        let sim = self
-            .sim
-            .insert(Sim::new(self.seed, &overlay, faults, TraceMode::Full).map_err(sim_error)?);
-        sim.await_links(LINK_SETUP).map_err(sim_error)?;
+        let sim = simulate(&mut self.sim, self.seed, &overlay, faults)?;
         let mut w = rng(self.seed, Stream::Workload);
         let macs: Vec<MacAddr> = sim.vms().iter().map(|v| v.mac).collect();
         let mut frames = Vec::new();
