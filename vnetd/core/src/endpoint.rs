@@ -942,6 +942,39 @@ mod tests {
     }
 
     #[test]
+    fn a_proof_the_responder_lost_earns_a_reset_and_a_new_handshake() {
+        let mut net = Net::new();
+        let (h0, h1) = (net.node(0, "h0", 1), net.node(1, "h1", 2));
+        let now = net.now;
+        net.ep(h0).add_link("h0-h1", None, 0, now);
+        // The first Proof is lost; meanwhile the proxy restarts and forgets the Challenge.
+        net.filter = Box::new(|p| p.bytes[3] != Kind::Proof.to_byte());
+        net.ep(h1).add_link("h0-h1", Some(addr(0)), 0, now);
+        net.step(Duration::from_millis(5));
+        let h0 = net.node_with(addr(0), creds("h0"), 99);
+        let now = net.now;
+        net.ep(h0).add_link("h0-h1", None, 0, now);
+        net.filter = Box::new(|_| true);
+        // The retransmitted Proof meets no responder: a Reset, and h1 starts over at once
+        // instead of at its 3 s handshake deadline.
+        net.step(Duration::from_millis(400));
+        let ids = net.ups(addr(1));
+        assert_eq!(ids.len(), 1, "{:?}", net.events);
+        assert_eq!(net.ups(addr(0)), ids);
+        assert_eq!(net.drops(addr(0), DropReason::NoSession), 1);
+        let at = |kind: Kind, from: SocketAddr, after: Instant| {
+            net.sent
+                .iter()
+                .find(|p| p.at > after && p.from == from && p.bytes[3] == kind.to_byte())
+                .map(|p| p.at)
+                .unwrap_or_else(|| panic!("no {kind:?} from {from}"))
+        };
+        let reset_at = at(Kind::Reset, addr(0), now);
+        let hello_at = at(Kind::Hello, addr(1), reset_at);
+        assert!(hello_at - reset_at <= 2 * net.delay, "{:?}", hello_at - reset_at);
+    }
+
+    #[test]
     fn forged_resets_and_hellos_cannot_cut_a_waiting_ends_session() {
         let (mut net, id) = up_pair();
         // A Reset for the session, even from the peer's own address.
