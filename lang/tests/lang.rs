@@ -11,6 +11,7 @@ use lang::{
 };
 use proptest::prelude::*;
 use vnet_core::mac::MacAddr;
+use vnet_core::name::Name;
 use vnet_core::rule::{DstMatch, MacMatch};
 
 /// What the tools show for a description: its canonical text, then its diagnostics.
@@ -63,6 +64,10 @@ fn host(i: usize) -> Host {
     }
 }
 
+fn name(text: &str) -> Name {
+    text.parse().unwrap()
+}
+
 fn mac(j: usize) -> MacAddr {
     MacAddr([2, 0, 0, 0, 0, j as u8 + 1])
 }
@@ -70,11 +75,11 @@ fn mac(j: usize) -> MacAddr {
 fn vm(j: usize, machine: usize) -> Iface {
     Iface {
         machine: format!("h{machine}"),
-        name: format!("vm{j}"),
+        name: name(&format!("vm{j}")),
         kind: lang::ast::IfaceKind::Tap,
         mac: Some(mac(j)),
-        device: Some("eth0".into()),
-        netns: Some(format!("t-vm{j}")),
+        device: Some(name("eth0")),
+        netns: Some(name(&format!("t-vm{j}"))),
         mtu: Some(1500),
     }
 }
@@ -130,7 +135,7 @@ fn item() -> impl Strategy<Value = Item> {
                 out: if edge {
                     Target::Edge(format!("h{peer}"))
                 } else {
-                    Target::Iface(format!("vm{j}"))
+                    Target::Iface(name(&format!("vm{j}")))
                 },
             })),
     ]
@@ -277,7 +282,7 @@ fn diff_never_cuts_a_relayed_route_on_the_way() {
     for (i, m) in path.iter().enumerate() {
         let out = match path.get(i + 1) {
             Some(next) => Target::Edge(next.to_string()),
-            None => Target::Iface("vm1".into()),
+            None => Target::Iface(name("vm1")),
         };
         let rule = Rule {
             machine: m.to_string(),
@@ -326,7 +331,7 @@ fn apply_steps_swap_rules_at_once_and_follow_routes() {
         for (i, m) in path.iter().enumerate() {
             let out = match path.get(i + 1) {
                 Some(next) => Target::Edge(next.to_string()),
-                None => Target::Iface("vm1".into()),
+                None => Target::Iface(name("vm1")),
             };
             o.add(&Item::Rule(Rule {
                 machine: m.to_string(),
@@ -390,7 +395,7 @@ fn a_vm_without_a_mac_cannot_be_generated_from() {
     let name = l.vms[1].name.clone();
     assert_eq!(
         generate(&l, Shape::Star).unwrap_err(),
-        lang::generate::GenerateError::VmWithoutMac(name)
+        lang::generate::GenerateError::VmWithoutMac(name.to_string())
     );
 }
 

@@ -280,8 +280,9 @@ mod tests {
     #[test]
     fn compares_and_looks_up_as_text() {
         let n = name("h0-h1");
-        assert!(n == "h0-h1" && n == *"h0-h1" && n == String::from("h0-h1"));
-        assert!("h0-h1" == n && String::from("h0-h1") == n);
+        let text = String::from("h0-h1");
+        assert!(n == "h0-h1" && n == *"h0-h1" && n == text);
+        assert!("h0-h1" == n && text == n);
         assert_eq!(&*n, "h0-h1");
         assert_eq!(n.to_string(), "h0-h1");
         assert_eq!(format!("{n:?}"), "\"h0-h1\"");
