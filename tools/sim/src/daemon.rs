@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use vnet_core::config::{ConfigError, RuleEntry, Topology};
 use vnet_core::forward::{DropCounters, DropReason, Forwarder, PortCounters, PortStats};
+use vnet_core::name::Name;
 use vnet_core::rule::Output;
 use vnet_core::table::{ForwardingTable, PortId, RuleId, RuleStats, TableError};
 use vnet_core::wire;
@@ -167,7 +168,7 @@ impl SimDaemon {
                 self.link_down(&l.name);
             }
         }
-        let names: Vec<String> = self.topology.ifaces.iter().map(|i| i.name.clone()).collect();
+        let names: Vec<Name> = self.topology.ifaces.iter().map(|i| i.name.clone()).collect();
         for name in names {
             self.port_id(&Output::Iface(name));
         }
@@ -222,9 +223,7 @@ impl SimDaemon {
     /// puts on frames it originates.
     pub fn frame_from_vm(&mut self, iface: &str, frame: &[u8]) -> Result<(), IfaceError> {
         let id = self
-            .registry
-            .get(&Output::Iface(iface.to_string()))
-            .copied()
+            .registered(Output::Iface, iface)
             .filter(|id| self.ports[id.0 as usize].state == PortState::Iface)
             .ok_or_else(|| IfaceError::NotConfigured(iface.to_string()))?;
         self.ports[id.0 as usize].stats.rx(frame.len());
@@ -330,18 +329,24 @@ impl SimDaemon {
     /// `session` (replaces any session it had). Ignored for a link not configured here.
     /// Part of the modelled link layer (module docs).
     pub fn link_up(&mut self, link: &str, peer: SocketAddr, session: u32) {
-        if !self.topology.links.iter().any(|l| l.name == link) {
+        let Some(name) = self
+            .topology
+            .links
+            .iter()
+            .find(|l| l.name == link)
+            .map(|l| l.name.clone())
+        else {
             return;
-        }
+        };
         self.link_down(link);
-        let id = self.port_id(&Output::Link(link.to_string()));
+        let id = self.port_id(&Output::Link(name));
         self.ports[id.0 as usize].state = PortState::Link { peer, session };
         self.sessions.insert(session, id);
     }
 
     /// Link `link` has no session any more. Part of the modelled link layer.
     pub fn link_down(&mut self, link: &str) {
-        let Some(id) = self.registry.get(&Output::Link(link.to_string())).copied() else {
+        let Some(id) = self.registered(Output::Link, link) else {
             return;
         };
         let port = &mut self.ports[id.0 as usize];
@@ -351,9 +356,15 @@ impl SimDaemon {
         port.state = PortState::Down;
     }
 
+    /// The port of an output named by text (text that is not a name names none).
+    fn registered(&self, output: fn(Name) -> Output, name: &str) -> Option<PortId> {
+        let name = Name::try_from(name).ok()?;
+        self.registry.get(&output(name)).copied()
+    }
+
     /// The session of link `link`, when it has one.
     pub fn link_session(&self, link: &str) -> Option<u32> {
-        let id = self.registry.get(&Output::Link(link.to_string()))?;
+        let id = self.registered(Output::Link, link)?;
         match self.ports[id.0 as usize].state {
             PortState::Link { session, .. } => Some(session),
             _ => None,
@@ -381,13 +392,17 @@ mod tests {
     use vnet_core::mac::MacAddr;
     use vnet_core::rule::{DstMatch, MacMatch};
 
+    fn name(text: &str) -> Name {
+        text.parse().unwrap()
+    }
+
     const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
     const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
 
     fn topology() -> Topology {
         Topology {
             ifaces: vec![IfaceSpec {
-                name: "vm0".into(),
+                name: name("vm0"),
                 kind: IfaceKind::Tap,
                 device: None,
                 netns: None,
@@ -396,7 +411,7 @@ mod tests {
                 offload: true,
             }],
             links: vec![LinkSpec {
-                name: "h0-h1".into(),
+                name: name("h0-h1"),
                 proto: LinkProto::Udp,
                 peer: None,
                 encrypt: false,
@@ -406,13 +421,13 @@ mod tests {
                     id: None,
                     src: MacMatch::Any,
                     dst: DstMatch::Mac(MacMatch::Exact(A)),
-                    out: vec![Output::Iface("vm0".into())],
+                    out: vec![Output::Iface(name("vm0"))],
                 },
                 RuleEntry {
                     id: None,
                     src: MacMatch::Any,
                     dst: DstMatch::None,
-                    out: vec![Output::Link("h0-h1".into())],
+                    out: vec![Output::Link(name("h0-h1"))],
                 },
             ],
             config_time_bound_ms: None,
@@ -485,7 +500,7 @@ mod tests {
             ]
         );
         assert_eq!(d.drops().get(DropReason::NoSession), 2);
-        assert_eq!(d.port_counters(&Output::Iface("vm0".into())).tx_frames, 1);
+        assert_eq!(d.port_counters(&Output::Iface(name("vm0"))).tx_frames, 1);
     }
 
     #[test]
@@ -496,14 +511,14 @@ mod tests {
         );
         let mut t = topology();
         t.links.push(LinkSpec {
-            name: "h0-h2".into(),
+            name: name("h0-h2"),
             ..t.links[0].clone()
         });
         t.rules.push(RuleEntry {
             id: None,
             src: MacMatch::Any,
             dst: DstMatch::Mac(MacMatch::Exact(B)),
-            out: vec![Output::Link("h0-h2".into())],
+            out: vec![Output::Link(name("h0-h2"))],
         });
         let mut d = SimDaemon::new("h0");
         d.configure(t).unwrap();
@@ -525,7 +540,7 @@ mod tests {
             (*to, wire::decode_datagram(datagram).unwrap().0.hop_limit),
             (p2, 1)
         );
-        assert_eq!(d.port_counters(&Output::Link("h0-h2".into())).tx_drops, 1);
+        assert_eq!(d.port_counters(&Output::Link(name("h0-h2"))).tx_drops, 1);
         assert_eq!(link_hops(16), Some(15));
         assert_eq!(link_hops(0), None);
     }
@@ -549,7 +564,7 @@ mod tests {
         d.configure(changed).unwrap();
         assert_eq!(d.link_session("h0-h1"), None, "a changed link restarts");
         let mut bad = topology();
-        bad.rules[0].out = vec![Output::Iface("vm9".into())];
+        bad.rules[0].out = vec![Output::Iface(name("vm9"))];
         assert!(d.configure(bad).is_err());
         assert!(matches!(
             d.frame_from_vm("vm9", &frame(B, A)),

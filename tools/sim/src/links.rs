@@ -66,7 +66,7 @@ pub fn wanted(
             let Some(&waiter) = by_ip.get(&addr.ip()) else {
                 continue;
             };
-            if waiter == dialer || out.contains_key(&spec.name) || !reachable(dialer, waiter) {
+            if waiter == dialer || out.contains_key(spec.name.as_str()) || !reachable(dialer, waiter) {
                 continue;
             }
             let Some(waiter_spec) = hosts[waiter.0 as usize]
@@ -76,7 +76,7 @@ pub fn wanted(
                 continue;
             };
             out.insert(
-                spec.name.clone(),
+                spec.name.to_string(),
                 LinkEnds {
                     dialer,
                     waiter,
@@ -168,7 +168,7 @@ mod tests {
 
     fn spec(name: &str, peer: Option<&str>) -> LinkSpec {
         LinkSpec {
-            name: name.into(),
+            name: name.parse().unwrap(),
             proto: LinkProto::Udp,
             peer: peer.map(|p| p.parse().unwrap()),
             encrypt: false,

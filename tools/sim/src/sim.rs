@@ -157,9 +157,9 @@ impl Sim {
             let (Some(mac), host) = (i.mac, id_of(&i.machine)?) else {
                 continue;
             };
-            vm_at[host.0 as usize].insert(i.name.clone(), VmId(vms.len() as u32));
+            vm_at[host.0 as usize].insert(i.name.to_string(), VmId(vms.len() as u32));
             vms.push(Vm {
-                iface: i.name.clone(),
+                iface: i.name.to_string(),
                 mac,
                 host,
             });

@@ -111,12 +111,7 @@ impl Client {
 
     /// Removes interface `name` (refused while a rule sends to it).
     pub fn iface_del(&mut self, name: &Name) -> Result<(), ClientError> {
-        self.call(
-            Request::IfaceDel {
-                name: name.clone(),
-            },
-            done,
-        )
+        self.call(Request::IfaceDel { name: name.clone() }, done)
     }
 
     /// The links with their state.
@@ -131,12 +126,7 @@ impl Client {
 
     /// Deletes link `name` (refused while a rule sends to it).
     pub fn link_del(&mut self, name: &Name) -> Result<(), ClientError> {
-        self.call(
-            Request::LinkDel {
-                name: name.clone(),
-            },
-            done,
-        )
+        self.call(Request::LinkDel { name: name.clone() }, done)
     }
 
     /// The forwarding rules with their priority and hits.

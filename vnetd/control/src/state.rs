@@ -866,7 +866,7 @@ mod tests {
 
     fn tap(name: &str) -> IfaceSpec {
         IfaceSpec {
-            name: name.parse::<Name>().unwrap(),
+            name: name.parse().unwrap(),
             kind: IfaceKind::Tap,
             device: None,
             netns: None,
@@ -878,7 +878,7 @@ mod tests {
 
     fn link(name: &str, dials: bool) -> LinkSpec {
         LinkSpec {
-            name: name.parse::<Name>().unwrap(),
+            name: name.parse().unwrap(),
             proto: LinkProto::Tcp,
             peer: dials.then(|| "198.18.0.1:7400".parse().unwrap()),
             encrypt: false,

@@ -80,7 +80,7 @@ fn start(test: &str) -> Running {
 
 fn link(name: &str) -> LinkSpec {
     LinkSpec {
-        name: name.parse::<Name>().unwrap(),
+        name: name.parse().unwrap(),
         proto: LinkProto::Udp,
         peer: None,
         encrypt: false,
