@@ -472,6 +472,21 @@ fn compile_refuses_what_vnetd_lacks() {
 }
 
 #[test]
+fn a_link_whose_name_would_be_too_long_does_not_compile() {
+    let (a, b) = ("a".repeat(40), "b".repeat(40));
+    let src = format!("BEGIN HOST r AT {a} 1 e ADDRESS 10.0.0.1 HOST r AT {b} 1 e ADDRESS 10.0.0.2 ADD LINK UDP {b} {b} {a} END");
+    let analysis = analyze(&src);
+    assert!(analysis.diagnostics.is_empty(), "{:?}", analysis.diagnostics);
+    assert_eq!(
+        compile(&analysis.overlay).unwrap_err().to_string(),
+        format!(
+            "the link between `{b}` and `{a}` has no valid name: name \"{a}-{}…\" is 81 bytes long (at most 64)",
+            &b[..23]
+        )
+    );
+}
+
+#[test]
 fn quic_links_dial_the_quic_port_and_decompile_back() {
     let src = "BEGIN HOST r AT h0 7400 e ADDRESS 198.18.0.1 HOST r AT h1 7400 e ADDRESS 198.18.0.2 \
                ADD LINK QUIC h1 h1 h0 END";

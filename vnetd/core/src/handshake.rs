@@ -1009,10 +1009,10 @@ mod tests {
             |link: &str, node: &str| postcard::to_stdvec(&(link, node, NONCE_I, [9u8; 32], 0u32)).unwrap();
         let challenge =
             |node: &str| postcard::to_stdvec(&(node, NONCE_R, 1u32, [9u8; 32], 0u32, [0u8; 32])).unwrap();
-        assert_eq!(
-            decode_hello(&hello("l", "a")).map(|h| (h.link, h.node)),
-            Ok((name("l"), name("a")))
-        );
+        let decoded = decode_hello(&hello("l", "a")).unwrap();
+        assert_eq!((&decoded.link, &decoded.node), (&name("l"), &name("a")));
+        // Names encode as their text: the Hello's bytes are those of the plain fields.
+        assert_eq!(encode_payload(&decoded), hello("l", "a"));
         assert_eq!(
             decode_hello(&hello("bad link", "a")).map_err(|e| e.to_string()),
             Err(
