@@ -3,7 +3,7 @@
 //!
 //! postcard's error is a plain enum: the message of a custom error (`"name \"vm 0\"
 //! contains ' '"`) is dropped and only "Serde Deserialization Error" is left. So the
-//! parsers' `Deserialize` impls build their error with [`rejected`], which also leaves the
+//! parsers' `Deserialize` impls build their error with `rejected`, which also leaves the
 //! message in a per-thread slot while a [`take_from_bytes`] on that thread runs, and
 //! `take_from_bytes` reports it. JSON and TOML keep the message themselves.
 
