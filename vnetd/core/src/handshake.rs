@@ -321,9 +321,9 @@ pub fn decode_refused(b: &[u8]) -> Result<Refused, HandshakeError> {
 
 /// Everything both proofs cover.
 struct Transcript<'a> {
-    link: &'a str,
-    node_i: &'a str,
-    node_r: &'a str,
+    link: &'a Name,
+    node_i: &'a Name,
+    node_r: &'a Name,
     nonce_i: &'a [u8; 32],
     nonce_r: &'a [u8; 32],
     ephemeral_i: &'a [u8; 32],
@@ -340,8 +340,7 @@ impl Transcript<'_> {
         let mut m = key.mac();
         m.update(label);
         for s in [self.link, self.node_i, self.node_r] {
-            // Names are at most 64 bytes; saturating rather than wrapping would keep a
-            // longer one from colliding with a short prefix all the same.
+            // A name is at most 64 bytes (`MAX_NAME_LEN`): its length fits the byte.
             m.update(&[u8::try_from(s.len()).unwrap_or(u8::MAX)]);
             m.update(s.as_bytes());
         }
@@ -764,8 +763,8 @@ mod tests {
         let (_, hello) = Initiator::new(other_key(), &name("host-a"), &name("l"), offer(NONCE_I));
         let (resp, c) = Responder::on_hello(key(), &name("host-b"), &hello, offer(NONCE_R), SESSION);
         let forged = Transcript {
-            link: "l",
-            node_i: "host-a",
+            link: &name("l"),
+            node_i: &name("host-a"),
             node_r: &c.node,
             nonce_i: &NONCE_I,
             nonce_r: &c.nonce,
