@@ -412,7 +412,7 @@ pub fn decode_len(prefix: [u8; LEN_PREFIX]) -> Result<usize, DecodeError> {
 }
 
 /// Decodes a message body (without its prefix). Trailing bytes are an error; a text field
-/// that does not parse (a name, a MAC, a rule output) is reported with its parser's error.
+/// that does not parse (a name, a rule side or output) is reported with its parser's error.
 pub fn decode_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError> {
     match vnet_core::text::take_from_bytes::<T>(body) {
         Ok((msg, [])) => Ok(msg),

@@ -1,4 +1,4 @@
-//! Fields that travel as text and deserialize through a parser (names, MAC addresses, rule
+//! Fields that travel as text and deserialize through a parser (names, rule
 //! sides and outputs), and decoding postcard messages without losing the parser's error.
 //!
 //! postcard's error is a plain enum: the message of a custom error (`"name \"vm 0\"
