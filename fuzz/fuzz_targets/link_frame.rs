@@ -21,6 +21,7 @@ use vnet_core::endpoint::{Datagram, Endpoint};
 use vnet_core::handshake::{
     decode_challenge, decode_hello, decode_proof, decode_refused, encode_payload, NetworkKey, MAX_REASON_LEN,
 };
+use vnet_core::name::Name;
 use vnet_core::session::{Admission, Credentials, Event, Input, LinkSession, Policy};
 use vnet_core::wire::{decode_datagram, split_stream, Header, KeepaliveStamp, Kind, HEADER_LEN, MAX_PAYLOAD};
 
@@ -134,9 +135,13 @@ fn payload(kind: Option<Kind>, p: &[u8]) {
     }
 }
 
+fn name(text: &str) -> Name {
+    text.parse().unwrap()
+}
+
 fn creds(node: &str) -> Credentials {
     Credentials {
-        node: node.to_string(),
+        node: name(node),
         key: NetworkKey::from_bytes([7; 32]),
     }
 }
@@ -165,7 +170,11 @@ type Packet = (usize, usize, Vec<u8>);
 /// Checks what a session or endpoint reported.
 fn check_event(event: &Event) {
     if let Event::PeerRefused(reason) | Event::Refused(reason) = event {
-        assert!(reason.len() <= MAX_REASON_LEN, "unbounded reason: {} bytes", reason.len());
+        assert!(
+            reason.len() <= MAX_REASON_LEN,
+            "unbounded reason: {} bytes",
+            reason.len()
+        );
     }
 }
 
@@ -203,8 +212,8 @@ fn endpoints(data: &[u8]) {
         Endpoint::new(creds("h0"), Box::new(counter(1))),
         Endpoint::new(creds("h1"), Box::new(counter(2))),
     ];
-    nodes[0].add_link("l", None, 0, now);
-    nodes[1].add_link("l", Some(ADDRS[0]), 0, now);
+    nodes[0].add_link(&name("l"), None, 0, now);
+    nodes[1].add_link(&name("l"), Some(ADDRS[0]), 0, now);
     let mut in_flight: VecDeque<Packet> = VecDeque::new();
     let mut rest = data;
     while let Some((&op, tail)) = rest.split_first() {
@@ -234,7 +243,9 @@ fn endpoints(data: &[u8]) {
                 // From either endpoint's address or the stranger's, to either endpoint.
                 let from = usize::from(op / 6) % 3;
                 let to = usize::from(op / 18) % 2;
-                if let Datagram::Frame { header, payload, .. } = nodes[to].handle_datagram(ADDRS[from], bytes, now) {
+                if let Datagram::Frame { header, payload, .. } =
+                    nodes[to].handle_datagram(ADDRS[from], bytes, now)
+                {
                     assert_eq!(payload.len(), header.len as usize);
                 }
             }
@@ -256,7 +267,7 @@ fn endpoints(data: &[u8]) {
 fn stream_sessions(data: &[u8]) {
     let now = Instant::now();
     let mut rng = counter(3);
-    let mut initiator = LinkSession::dial(&creds("a"), "l", 0, [0; 32], Policy::tcp(), now, &mut rng);
+    let mut initiator = LinkSession::dial(&creds("a"), &name("l"), 0, [0; 32], Policy::tcp(), now, &mut rng);
     let mut buf = Vec::new();
     let Some(Kind::Hello) = initiator.poll_transmit(now, &mut buf) else {
         panic!("a dialing session sends its Hello first");

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use vnet_core::mac::MacAddr;
+use vnet_core::name::Name;
 use vnet_core::rate::Rate;
 use vnet_core::rule::{DstMatch, MacMatch};
 
@@ -147,15 +148,15 @@ pub struct Iface {
     /// The machine whose daemon owns it.
     pub machine: String,
     /// Name rules use.
-    pub name: String,
+    pub name: Name,
     /// TAP or captured device.
     pub kind: IfaceKind,
     /// The MAC of the VM behind it (a TAP gets it).
     pub mac: Option<MacAddr>,
     /// Kernel device name, when it differs from `name`.
-    pub device: Option<String>,
+    pub device: Option<Name>,
     /// Named network namespace of the device.
-    pub netns: Option<String>,
+    pub netns: Option<Name>,
     /// MTU of a TAP.
     pub mtu: Option<u32>,
 }
@@ -238,7 +239,7 @@ pub enum Target {
     /// Over the link from the rule's machine to this machine (`EDGE ... m peer`).
     Edge(String),
     /// To a local interface (`INTERFACE ... name`).
-    Iface(String),
+    Iface(Name),
 }
 
 /// `FORWARD EDGE machine src dst machine peer` or `FORWARD INTERFACE machine src dst iface`.

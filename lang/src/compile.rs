@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use vnet_core::config::{
     IfaceKind as VIfaceKind, IfaceSpec, LinkProto as VLinkProto, LinkSpec, RuleEntry, Topology,
 };
+use vnet_core::name::{Name, NameError};
 use vnet_core::rule::Output;
 
 use crate::ast::{link_name, Host, Iface, IfaceKind, Link, LinkProto, Rule, Target};
@@ -53,6 +54,17 @@ pub enum CompileError {
     /// Both ends of a link dial, or both wait, or only one end declares it.
     #[error("link `{0}` is inconsistent: exactly one end must dial and both must declare it")]
     InconsistentLink(String),
+    /// The name of the link between two machines (`a-b`) is not a valid name: the two
+    /// machine names are too long together.
+    #[error("the link between `{a}` and `{b}` has no valid name: {error}")]
+    LinkName {
+        /// One end.
+        a: String,
+        /// The other end.
+        b: String,
+        /// Why `a-b` is not a name.
+        error: NameError,
+    },
     /// A daemon reports something the language cannot say.
     #[error("daemon `{machine}`: {what}")]
     Unrepresentable {
@@ -74,9 +86,9 @@ pub fn compile(o: &Overlay) -> Result<BTreeMap<String, Topology>, CompileError> 
         }
     }
     for l in o.links.values() {
-        let name = l.name();
+        let name = spec_link_name(&l.owner, &l.peer)?;
         let unsupported = |feature| CompileError::Unsupported {
-            link: name.clone(),
+            link: name.to_string(),
             feature,
         };
         let proto = match l.proto {
@@ -94,7 +106,7 @@ pub fn compile(o: &Overlay) -> Result<BTreeMap<String, Topology>, CompileError> 
         let ip = peer_host
             .and_then(Host::listen_ip)
             .ok_or_else(|| CompileError::NoAddress {
-                link: name.clone(),
+                link: name.to_string(),
                 peer: l.peer.clone(),
             })?;
         // QUIC listens on its own UDP port: by convention the link port + 1 (as in the
@@ -119,7 +131,7 @@ pub fn compile(o: &Overlay) -> Result<BTreeMap<String, Topology>, CompileError> 
             continue;
         };
         let output = match &r.out {
-            Target::Edge(peer) => Output::Link(link_name(&r.machine, peer)),
+            Target::Edge(peer) => Output::Link(spec_link_name(&r.machine, peer)?),
             Target::Iface(name) => Output::Iface(name.clone()),
         };
         match t.rules.iter_mut().find(|e| e.src == r.src && e.dst == r.dst) {
@@ -133,6 +145,15 @@ pub fn compile(o: &Overlay) -> Result<BTreeMap<String, Topology>, CompileError> 
         }
     }
     Ok(out)
+}
+
+/// [`link_name`] of two machines, as the daemons' configurations name the link.
+fn spec_link_name(a: &str, b: &str) -> Result<Name, CompileError> {
+    Name::try_from(link_name(a, b)).map_err(|error| CompileError::LinkName {
+        a: a.to_string(),
+        b: b.to_string(),
+        error,
+    })
 }
 
 fn iface_spec(i: &Iface) -> IfaceSpec {
@@ -177,7 +198,7 @@ pub fn decompile(hosts: &[Host], topologies: &BTreeMap<String, Topology>) -> Res
             );
         }
         for l in &t.links {
-            let entry = ends.entry(l.name.clone()).or_default();
+            let entry = ends.entry(l.name.to_string()).or_default();
             match l.peer {
                 Some(addr) => entry.0.push((machine.clone(), addr, l.proto, l.encrypt)),
                 None => entry.1.push(machine.clone()),

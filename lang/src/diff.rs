@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use vnet_core::name::Name;
 use vnet_core::rule::{DstMatch, MacMatch};
 
 use crate::ast::{Action, Block, Description, Item, Rule, Statement, Target};
@@ -57,7 +58,7 @@ impl Primitive {
 
 /// The primitives that turn `current` into `target` (hosts are taken as they are).
 pub fn diff(current: &Overlay, target: &Overlay) -> Vec<Primitive> {
-    let replaced_ifaces: Vec<&(String, String)> = target
+    let replaced_ifaces: Vec<&(String, Name)> = target
         .ifaces
         .iter()
         .filter(|(k, v)| current.ifaces.get(*k).is_some_and(|c| c != *v))

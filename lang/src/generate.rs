@@ -91,7 +91,7 @@ pub fn generate(layout: &Layout, shape: Shape) -> Result<Overlay, GenerateError>
     let mut vms: Vec<(&Iface, MacAddr)> = Vec::with_capacity(layout.vms.len());
     for v in &layout.vms {
         let Some(mac) = v.mac else {
-            return Err(GenerateError::VmWithoutMac(v.name.clone()));
+            return Err(GenerateError::VmWithoutMac(v.name.to_string()));
         };
         o.add(&Item::Iface(v.clone()))?;
         vms.push((v, mac));

@@ -144,20 +144,20 @@ pub fn move_vm(o: &Overlay, m: &Move) -> Result<Overlay, MoveError> {
     }
     if m.iface.mac != Some(mac) {
         return Err(MoveError::MacMismatch {
-            iface: m.iface.name.clone(),
+            iface: m.iface.name.to_string(),
             mac,
         });
     }
     if o.ifaces.contains_key(&(to.to_string(), m.iface.name.clone())) {
         return Err(MoveError::IfaceExists {
             machine: to.to_string(),
-            name: m.iface.name.clone(),
+            name: m.iface.name.to_string(),
         });
     }
     if let Some(taken) = o.ifaces.values().find(|i| i.machine == to && i.mac == Some(mac)) {
         return Err(MoveError::MacTaken {
             machine: to.to_string(),
-            iface: taken.name.clone(),
+            iface: taken.name.to_string(),
             mac,
         });
     }
@@ -346,6 +346,7 @@ pub fn move_vm(o: &Overlay, m: &Move) -> Result<Overlay, MoveError> {
 mod tests {
     use super::*;
     use crate::route::{trace, Outcome};
+    use vnet_core::name::Name;
 
     /// A lab-shaped overlay (as `vnet lab up` builds it): proxy h0, h1..h3; vm0 (…:01)
     /// and vm2 (…:03) on h1, vm1 (…:02) on h2, h3 without VMs. `full` adds a link between
@@ -429,11 +430,15 @@ mod tests {
         MacAddr([2, 0, 0, 0, 0, j + 1])
     }
 
+    fn name(text: &str) -> Name {
+        text.parse().unwrap()
+    }
+
     fn new_iface(o: &Overlay, j: u8, to: &str, device: &str) -> Iface {
         let old = o.ifaces.values().find(|i| i.mac == Some(mac(j))).unwrap();
         Iface {
             machine: to.to_string(),
-            device: Some(device.to_string()),
+            device: Some(name(device)),
             ..old.clone()
         }
     }
@@ -489,7 +494,7 @@ mod tests {
     fn check_move(o: &Overlay, j: u8, from: &str, to: &str) -> Overlay {
         let after = moved(o, j, from, to);
         let m = mac(j);
-        let name = format!("vm{j}");
+        let name = name(&format!("vm{j}"));
         // The NIC moved.
         assert!(!after.ifaces.contains_key(&(from.to_string(), name.clone())));
         assert_eq!(
@@ -707,7 +712,7 @@ mod tests {
         ));
         let clash = new_iface(&o, 1, "h1", "m1");
         let clash = Iface {
-            name: "vm0".into(),
+            name: name("vm0"),
             ..clash
         };
         assert_eq!(

@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use vnet_core::name::Name;
+
 use crate::ast::{Action, Description, Host, Iface, Item, Link, Rule, Statement, Target};
 use crate::source::{Diagnostic, Source};
 
@@ -12,7 +14,7 @@ pub struct Overlay {
     /// Hosts by machine name.
     pub hosts: BTreeMap<String, Host>,
     /// Interfaces by (machine, name).
-    pub ifaces: BTreeMap<(String, String), Iface>,
+    pub ifaces: BTreeMap<(String, Name), Iface>,
     /// Links by name.
     pub links: BTreeMap<String, Link>,
     /// Rules.
@@ -219,7 +221,7 @@ impl Overlay {
                         if !self.ifaces.contains_key(&(r.machine.clone(), name.clone())) {
                             return Err(ModelError::MissingIface {
                                 machine: r.machine.clone(),
-                                name: name.clone(),
+                                name: name.to_string(),
                             });
                         }
                     }

@@ -5,8 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use vnet_core::config::valid_name;
 use vnet_core::mac::MacAddr;
+use vnet_core::name::Name;
 use vnet_core::rate::Rate;
 use vnet_core::rule::{DstMatch, MacMatch};
 
@@ -148,22 +148,22 @@ impl<'a> Parser<'a> {
     }
 
     /// A machine, interface or user name.
-    fn name(&mut self, what: &str) -> Step<String> {
+    fn name(&mut self, what: &str) -> Step<Name> {
         let keyword = self.peek_keyword(0).is_some_and(|k| is_statement_keyword(&k));
         if self.peek_at(0).is_none() || keyword {
             return self.expected(what);
         }
         let (text, span) = self.value(what)?;
-        if valid_name(&text) {
-            Ok(text)
-        } else {
-            self.error(
-                span,
-                format!("`{text}` is not a valid {what}"),
-                Some("1-64 characters from A-Z a-z 0-9 . _ -"),
-            );
-            Err(Failed)
-        }
+        text.parse().map_err(|e| {
+            self.error(span, format!("invalid {what}: {e}"), None);
+            Failed
+        })
+    }
+
+    /// A name the overlay keeps as text: a machine (also a host's address or SSH name),
+    /// a user, a host's Ethernet interface or a key.
+    fn text_name(&mut self, what: &str) -> Step<String> {
+        self.name(what).map(String::from)
     }
 
     fn number<T: std::str::FromStr>(&mut self, what: &str) -> Step<T> {
@@ -353,11 +353,11 @@ impl<'a> Parser<'a> {
 
     fn host(&mut self) -> Step<Host> {
         self.keyword("HOST")?;
-        let user = self.name("user name")?;
+        let user = self.text_name("user name")?;
         self.keyword("AT")?;
-        let machine = self.name("machine name")?;
+        let machine = self.text_name("machine name")?;
         let port = self.number("port (1-65535)")?;
-        let interface = self.name("interface name")?;
+        let interface = self.text_name("interface name")?;
         let mut host = Host {
             user,
             machine,
@@ -423,7 +423,7 @@ impl<'a> Parser<'a> {
             _ => return self.expected("`TAP` or `ATTACH`"),
         };
         self.pos += 1;
-        let machine = self.name("machine name")?;
+        let machine = self.text_name("machine name")?;
         let name = self.name("interface name")?;
         let mut iface = Iface {
             machine,
@@ -465,7 +465,7 @@ impl<'a> Parser<'a> {
 
     /// Two machine names of which `machine` must be one; returns the other.
     fn ends(&mut self, machine: &str, what: &str) -> Step<String> {
-        let (a, b) = (self.name("machine name")?, self.name("machine name")?);
+        let (a, b) = (self.text_name("machine name")?, self.text_name("machine name")?);
         let span = self.words[self.words.len() - 2]
             .1
             .to(self.words[self.words.len() - 1].1);
@@ -501,7 +501,7 @@ impl<'a> Parser<'a> {
             _ => return self.expected("`TCP`, `UDP` or `QUIC`"),
         };
         self.pos += 1;
-        let owner = self.name("machine name")?;
+        let owner = self.text_name("machine name")?;
         let peer = self.ends(&owner, "the link")?;
         let mut link = Link {
             owner,
@@ -521,7 +521,7 @@ impl<'a> Parser<'a> {
                 }
                 "KEY" => {
                     self.value("KEY")?;
-                    link.key.replace(self.name("key name")?).is_some()
+                    link.key.replace(self.text_name("key name")?).is_some()
                 }
                 "RESERVE" => {
                     self.value("RESERVE")?;
@@ -557,7 +557,7 @@ impl<'a> Parser<'a> {
             _ => return self.expected("`EDGE` or `INTERFACE`"),
         };
         self.pos += 1;
-        let machine = self.name("machine name")?;
+        let machine = self.text_name("machine name")?;
         let src = self.side(true)?;
         let dst = self.destination()?;
         let out = if is_edge {

@@ -126,7 +126,7 @@ pub fn trace(o: &Overlay, src: MacAddr, dst: MacAddr, from: Option<&str>) -> Res
             .ifaces
             .values()
             .find(|i| i.mac == Some(src))
-            .map(|i| (i.machine.clone(), Ingress::Iface(i.name.clone())))
+            .map(|i| (i.machine.clone(), Ingress::Iface(i.name.to_string())))
             .ok_or(RouteError::UnknownSource(src))?,
     };
     let mut route = Route {
@@ -175,7 +175,7 @@ pub fn trace(o: &Overlay, src: MacAddr, dst: MacAddr, from: Option<&str>) -> Res
                 Target::Iface(name) => match o.ifaces.get(&(machine.clone(), name.clone())) {
                     Some(i) => route.outcomes.push(Outcome::Delivered {
                         machine: machine.clone(),
-                        iface: name.clone(),
+                        iface: name.to_string(),
                         mac: i.mac,
                     }),
                     None => route.outcomes.push(Outcome::Missing {

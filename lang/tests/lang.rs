@@ -11,6 +11,7 @@ use lang::{
 };
 use proptest::prelude::*;
 use vnet_core::mac::MacAddr;
+use vnet_core::name::Name;
 use vnet_core::rule::{DstMatch, MacMatch};
 
 /// What the tools show for a description: its canonical text, then its diagnostics.
@@ -63,6 +64,10 @@ fn host(i: usize) -> Host {
     }
 }
 
+fn name(text: &str) -> Name {
+    text.parse().unwrap()
+}
+
 fn mac(j: usize) -> MacAddr {
     MacAddr([2, 0, 0, 0, 0, j as u8 + 1])
 }
@@ -70,11 +75,11 @@ fn mac(j: usize) -> MacAddr {
 fn vm(j: usize, machine: usize) -> Iface {
     Iface {
         machine: format!("h{machine}"),
-        name: format!("vm{j}"),
+        name: name(&format!("vm{j}")),
         kind: lang::ast::IfaceKind::Tap,
         mac: Some(mac(j)),
-        device: Some("eth0".into()),
-        netns: Some(format!("t-vm{j}")),
+        device: Some(name("eth0")),
+        netns: Some(name(&format!("t-vm{j}"))),
         mtu: Some(1500),
     }
 }
@@ -130,7 +135,7 @@ fn item() -> impl Strategy<Value = Item> {
                 out: if edge {
                     Target::Edge(format!("h{peer}"))
                 } else {
-                    Target::Iface(format!("vm{j}"))
+                    Target::Iface(name(&format!("vm{j}")))
                 },
             })),
     ]
@@ -277,7 +282,7 @@ fn diff_never_cuts_a_relayed_route_on_the_way() {
     for (i, m) in path.iter().enumerate() {
         let out = match path.get(i + 1) {
             Some(next) => Target::Edge(next.to_string()),
-            None => Target::Iface("vm1".into()),
+            None => Target::Iface(name("vm1")),
         };
         let rule = Rule {
             machine: m.to_string(),
@@ -326,7 +331,7 @@ fn apply_steps_swap_rules_at_once_and_follow_routes() {
         for (i, m) in path.iter().enumerate() {
             let out = match path.get(i + 1) {
                 Some(next) => Target::Edge(next.to_string()),
-                None => Target::Iface("vm1".into()),
+                None => Target::Iface(name("vm1")),
             };
             o.add(&Item::Rule(Rule {
                 machine: m.to_string(),
@@ -390,7 +395,7 @@ fn a_vm_without_a_mac_cannot_be_generated_from() {
     let name = l.vms[1].name.clone();
     assert_eq!(
         generate(&l, Shape::Star).unwrap_err(),
-        lang::generate::GenerateError::VmWithoutMac(name)
+        lang::generate::GenerateError::VmWithoutMac(name.to_string())
     );
 }
 
@@ -463,6 +468,21 @@ fn compile_refuses_what_vnetd_lacks() {
     assert_eq!(
         compile(&a.overlay).unwrap_err().to_string(),
         "link `h0-h1` dials `h0`, which has no address: give its HOST line ADDRESS ip"
+    );
+}
+
+#[test]
+fn a_link_whose_name_would_be_too_long_does_not_compile() {
+    let (a, b) = ("a".repeat(40), "b".repeat(40));
+    let src = format!("BEGIN HOST r AT {a} 1 e ADDRESS 10.0.0.1 HOST r AT {b} 1 e ADDRESS 10.0.0.2 ADD LINK UDP {b} {b} {a} END");
+    let analysis = analyze(&src);
+    assert!(analysis.diagnostics.is_empty(), "{:?}", analysis.diagnostics);
+    assert_eq!(
+        compile(&analysis.overlay).unwrap_err().to_string(),
+        format!(
+            "the link between `{b}` and `{a}` has no valid name: name \"{a}-{}…\" is 81 bytes long (at most 64)",
+            &b[..23]
+        )
     );
 }
 

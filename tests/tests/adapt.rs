@@ -171,7 +171,7 @@ fn dry_run_changes_nothing_and_a_failing_hook_leaves_the_vm_where_it_was() {
         let ifaces: Vec<String> = lab
             .ask(host, Client::iface_list)
             .into_iter()
-            .map(|i| i.spec.name)
+            .map(|i| i.spec.name.into_string())
             .collect();
         assert!(ifaces.iter().any(|i| i == vm), "{vm} left h{host}: {ifaces:?}");
     }

@@ -6,11 +6,16 @@ use serde::de::DeserializeOwned;
 use vnet_client::Client;
 use vnet_control::proto::{IfaceStatus, LinkStatus, RuleStatus, StatsReport, StatusReport};
 use vnet_core::config::Topology;
+use vnet_core::name::Name;
 use vnet_core::rule::{DstMatch, MacMatch, Output, RuleSpec};
 use vnet_core::table::RuleId;
 use vnet_e2e::{root_or_skip, Lab};
 
 /// `vnet -c <h i> ARGS` (ending in `--json`), read as `T`.
+fn name(text: &str) -> Name {
+    text.parse().unwrap()
+}
+
 fn json<T: DeserializeOwned>(lab: &Lab, i: usize, args: &[&str]) -> T {
     let out = lab.ctl_ok(i, args);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("h{i}: vnet {args:?}: {e}: {out}"))
@@ -75,7 +80,7 @@ fn json_answers_are_the_control_types() {
         RuleSpec {
             src: MacMatch::Any,
             dst: SPARE.parse::<DstMatch>().expect("a MAC"),
-            out: vec![Output::Link("h0-h1".into())],
+            out: vec![Output::Link(name("h0-h1"))],
         }
     );
     lab.ctl_ok(h1, &["rule", "del", &id.0.to_string()]);

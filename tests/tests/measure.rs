@@ -153,7 +153,12 @@ fn probes_measure_available_bandwidth_within_limits() {
     }
     let mut lab = Lab::up("ms2", &["--hosts", "3", "--vms", "1", "--uplink", "h2=40mbit"]);
     let links_before: Vec<Vec<String>> = (0..3)
-        .map(|i| lab.links(i).into_iter().map(|l| l.spec.name).collect())
+        .map(|i| {
+            lab.links(i)
+                .into_iter()
+                .map(|l| l.spec.name.into_string())
+                .collect()
+        })
         .collect();
 
     // (b) h1 -> h2 crosses h2's shaped uplink; h1 -> h0 crosses none.
@@ -292,7 +297,11 @@ fn probes_measure_available_bandwidth_within_limits() {
 
     // A probe leaves no link behind on either end.
     for (i, before) in links_before.iter().enumerate() {
-        let after: Vec<String> = lab.links(i).into_iter().map(|l| l.spec.name).collect();
+        let after: Vec<String> = lab
+            .links(i)
+            .into_iter()
+            .map(|l| l.spec.name.into_string())
+            .collect();
         assert_eq!(&after, before, "h{i}'s links changed");
         assert!(lab.stats(i).links.iter().all(|(n, _)| !n.starts_with('.')));
     }

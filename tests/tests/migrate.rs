@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use vnet_core::name::Name;
 
 use vadapt_service::hook::{Hook, HookError, MigrationRequest};
 use vnet_core::rule::{DstMatch, MacMatch, Output};
@@ -18,6 +19,10 @@ const PEER: usize = 0;
 
 /// Where lab.json says VM `j` is now, and its NIC's device name (`lab.info` is what
 /// `lab up` printed).
+fn name(text: &str) -> Name {
+    text.parse().unwrap()
+}
+
 fn placement(lab: &Lab, j: usize) -> (String, String) {
     let now = vnet_lab::info(lab.name()).unwrap_or_else(|e| panic!("{e:#}"));
     let v = &now.vms[j];
@@ -166,7 +171,7 @@ fn tcp_transfer_survives_a_migration() {
     // h2 has nothing of vm1 left; the proxy sends it to h3.
     assert!(!has_iface(&lab, 2, "vm1"), "h2 still has vm1's interface");
     assert!(has_iface(&lab, 3, "vm1"), "h3 has no interface for vm1");
-    assert_eq!(route_to(&lab, 0, &mac), [Output::Link("h0-h3".into())]);
+    assert_eq!(route_to(&lab, 0, &mac), [Output::Link(name("h0-h3"))]);
     assert_eq!(devices(&lab, VM), ["lo".to_string(), report.device.clone()]);
     let to_h2 = tx_frames(&lab, 0, "h0-h2");
     let to_h3 = tx_frames(&lab, 0, "h0-h3");

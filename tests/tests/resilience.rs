@@ -2,6 +2,7 @@
 //! host's vnetd restarts from its state file.
 
 use std::time::{Duration, Instant};
+use vnet_core::name::Name;
 
 use vnet_client::Client;
 use vnet_core::rule::{DstMatch, MacMatch, Output, RuleSpec};
@@ -13,6 +14,10 @@ const RECOVERY_BOUND: Duration = Duration::from_secs(3);
 
 /// Kills the proxy's vnetd under a running ping, starts it again, and measures how long
 /// VM to VM connectivity takes to return by itself.
+fn name(text: &str) -> Name {
+    text.parse().unwrap()
+}
+
 fn proxy_restart(name: &str, proto: &str) {
     let mut lab = Lab::up(name, &["--hosts", "3", "--vms", "2", "--link", proto]);
     lab.wait_ping(0, 1, Duration::from_secs(5));
@@ -99,7 +104,7 @@ fn host_restart_restores_its_configuration() {
     let spare = RuleSpec {
         src: MacMatch::Any,
         dst: SPARE.parse::<DstMatch>().expect("a MAC"),
-        out: vec![Output::Link("h0-h1".into())],
+        out: vec![Output::Link(name("h0-h1"))],
     };
     let id = lab.ask(1, |c| c.rule_add(spare.clone()));
     let config_before = lab.ask(1, Client::config_get);

@@ -186,7 +186,13 @@ fn forge(addr: SocketAddr, link: &str, node: &str) -> Result<String, String> {
         caps: 0,
         binding: [0; 32],
     };
-    let (_, hello) = Initiator::new(NetworkKey::from_bytes(random32()), node, link, offer);
+    let name = |text: &str| text.parse::<vnet_core::name::Name>().map_err(|e| e.to_string());
+    let (_, hello) = Initiator::new(
+        NetworkKey::from_bytes(random32()),
+        &name(node)?,
+        &name(link)?,
+        offer,
+    );
     let hello = handshake::encode_payload(&hello);
     let mut msg = wire_header(Kind::Hello, 0, hello.len() as u32).to_vec();
     msg.extend_from_slice(&hello);

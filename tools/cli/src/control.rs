@@ -12,6 +12,7 @@ use vnet_client::Client;
 use vnet_control::proto::{MeasureReport, PortCounters, ProbeResult};
 use vnet_core::config::{IfaceKind, IfaceSpec, LinkProto, LinkSpec, Topology};
 use vnet_core::mac::MacAddr;
+use vnet_core::name::Name;
 use vnet_core::rule::{DstMatch, MacMatch, Output, RuleSpec};
 use vnet_core::table::RuleId;
 
@@ -125,16 +126,16 @@ pub enum IfaceCommand {
     /// Create a TAP device (default) or attach an existing device (--attach).
     Add {
         /// Name rules use (iface:NAME).
-        name: String,
+        name: Name,
         /// Capture an existing device in promiscuous mode instead of creating a TAP.
         #[arg(long)]
         attach: bool,
         /// Kernel device name (default: NAME).
         #[arg(long)]
-        device: Option<String>,
+        device: Option<Name>,
         /// Create the TAP inside this named network namespace.
         #[arg(long)]
-        netns: Option<String>,
+        netns: Option<Name>,
         /// MAC address of the TAP.
         #[arg(long)]
         mac: Option<MacAddr>,
@@ -148,7 +149,7 @@ pub enum IfaceCommand {
     /// Remove an interface (a TAP device is destroyed).
     Del {
         /// Interface name.
-        name: String,
+        name: Name,
     },
 }
 
@@ -164,7 +165,7 @@ pub enum LinkCommand {
     /// Add a link; both ends declare it with the same name, one with --peer.
     Add {
         /// Link name (the same on both ends).
-        name: String,
+        name: Name,
         /// Transport.
         #[arg(long, value_enum, default_value = "tcp")]
         proto: Proto,
@@ -178,7 +179,7 @@ pub enum LinkCommand {
     /// Delete a link.
     Del {
         /// Link name.
-        name: String,
+        name: Name,
     },
 }
 

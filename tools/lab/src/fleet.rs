@@ -157,7 +157,7 @@ impl Fleet {
                 match self.ask(m, Client::link_list) {
                     Ok(list) => down.extend(
                         list.iter()
-                            .filter(|l| links.contains(&l.spec.name) && !l.is_up())
+                            .filter(|l| links.iter().any(|n| *n == l.spec.name) && !l.is_up())
                             .map(|l| format!("{} on {m}", l.spec.name)),
                     ),
                     Err(e) => down.push(format!("{m}: {e:#}")),

@@ -335,7 +335,7 @@ impl Migration {
             .cloned()
             .ok_or_else(|| anyhow!("{from}'s vnetd has no TAP with {vm}'s MAC {mac} (is lab.json stale?)"))?;
         let new_spec = IfaceSpec {
-            device: Some(free_device(&netns)?),
+            device: Some(crate::plan::lab_name(free_device(&netns)?)),
             ..old_spec.clone()
         };
         let new_iface = lang::Iface {
@@ -686,7 +686,7 @@ mod tests {
             id: Some(vnet_core::table::RuleId(id)),
             src: MacMatch::Any,
             dst: DstMatch::Mac(MacMatch::Exact(dst.parse().unwrap())),
-            out: out.iter().map(|o| Output::Link(o.to_string())).collect(),
+            out: out.iter().map(|o| Output::Link(o.parse().unwrap())).collect(),
         }
     }
 

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use vnet_core::config::{DaemonConfig, IfaceKind, IfaceSpec, LinkProto, LinkSpec, RuleEntry, Topology};
 use vnet_core::mac::MacAddr;
+use vnet_core::name::Name;
 use vnet_core::rate::Rate;
 use vnet_core::rule::{DstMatch, MacMatch, Output};
 
@@ -34,6 +35,12 @@ pub const LINK_PORT: u16 = 7400;
 pub const MAX_LAB_NAME: usize = 8;
 /// Most hosts (and most VMs) a lab can have: one /24's worth of host numbers.
 pub const MAX_NODES: usize = 254;
+
+/// A node, link, interface, device or namespace name the lab makes from a lab name
+/// ([`check_lab_name`]: a-z 0-9) and indices: always within the name rule.
+pub fn lab_name(text: String) -> Name {
+    Name::try_from(text).unwrap_or_else(|e| unreachable!("the lab makes only valid names: {e}"))
+}
 
 /// Checks that `name` is a lab name: 1-8 characters of [a-z0-9].
 pub fn check_lab_name(name: &str) -> Result<()> {
@@ -314,7 +321,7 @@ impl LabPlan {
     fn link(&self, me: usize, other: usize) -> LinkSpec {
         // The lower-numbered end waits; the higher-numbered end dials.
         LinkSpec {
-            name: Self::link_name(me, other),
+            name: lab_name(Self::link_name(me, other)),
             proto: self.proto,
             peer: (me > other).then(|| self.link_target(other)),
             encrypt: self.encrypt,
@@ -332,9 +339,9 @@ impl LabPlan {
     fn iface(&self, j: usize) -> IfaceSpec {
         if self.is_veth(j) {
             IfaceSpec {
-                name: format!("vm{j}"),
+                name: lab_name(format!("vm{j}")),
                 kind: IfaceKind::Attach,
-                device: Some(format!("v{j}")),
+                device: Some(lab_name(format!("v{j}"))),
                 netns: None,
                 mac: None,
                 mtu: None,
@@ -342,10 +349,10 @@ impl LabPlan {
             }
         } else {
             IfaceSpec {
-                name: format!("vm{j}"),
+                name: lab_name(format!("vm{j}")),
                 kind: IfaceKind::Tap,
-                device: Some("eth0".into()),
-                netns: Some(self.vm_ns(j)),
+                device: Some(lab_name("eth0".to_string())),
+                netns: Some(lab_name(self.vm_ns(j))),
                 mac: Some(Self::vm_mac(j)),
                 // vnetd's default: the underlay MTU minus the worst link's overhead.
                 mtu: None,
@@ -376,8 +383,8 @@ impl LabPlan {
         };
         let exact = |j: usize| DstMatch::Mac(MacMatch::Exact(Self::vm_mac(j)));
         let bcast = DstMatch::Mac(MacMatch::Exact(MacAddr::BROADCAST));
-        let link = |a: usize, b: usize| Output::Link(Self::link_name(a, b));
-        let vm = |j: usize| Output::Iface(format!("vm{j}"));
+        let link = |a: usize, b: usize| Output::Link(lab_name(Self::link_name(a, b)));
+        let vm = |j: usize| Output::Iface(lab_name(format!("vm{j}")));
 
         if i == 0 {
             // The proxy: unicast toward the VM's host, broadcast to every host (split
@@ -437,7 +444,7 @@ impl LabPlan {
             self.vms_on(i).into_iter().map(|j| self.iface(j)).collect()
         };
         DaemonConfig {
-            node: format!("h{i}"),
+            node: lab_name(format!("h{i}")),
             key_file: self.key_file(),
             listen: Self::host_listen(i),
             quic_listen: (self.proto == LinkProto::Quic).then(|| Self::host_quic_listen(i)),
@@ -702,7 +709,7 @@ mod tests {
         assert_eq!(h1.topology.links[0].peer, Some(LabPlan::host_listen(0)));
         let tap = &h1.topology.ifaces[0];
         assert_eq!(
-            (tap.name.as_str(), tap.kind, tap.device()),
+            (tap.name.as_str(), tap.kind, tap.device().as_str()),
             ("vm0", IfaceKind::Tap, "eth0")
         );
         assert_eq!(tap.netns.as_deref(), Some("lt-vm0"));
@@ -724,7 +731,7 @@ mod tests {
         let h2 = parse_back(&p, 2);
         let veth = &h2.topology.ifaces[0];
         assert_eq!(
-            (veth.name.as_str(), veth.kind, veth.device()),
+            (veth.name.as_str(), veth.kind, veth.device().as_str()),
             ("vm1", IfaceKind::Attach, "v1")
         );
         assert_eq!((veth.netns.as_ref(), veth.mac, veth.mtu), (None, None, None));

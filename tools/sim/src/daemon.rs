@@ -38,6 +38,7 @@ use vnet_core::config::Topology;
 use vnet_core::endpoint::{Datagram, Endpoint, EndpointEvent, LinkId};
 use vnet_core::forward::{link_hop_limit, DropCounters, DropReason, Forwarder, PortCounters, PortStats};
 use vnet_core::handshake::NetworkKey;
+use vnet_core::name::Name;
 use vnet_core::rule::Output;
 use vnet_core::session::{link_caps, Credentials, Entropy, Event};
 use vnet_core::table::{ForwardingTable, PortId};
@@ -171,7 +172,7 @@ impl std::fmt::Debug for SimDaemon {
 impl SimDaemon {
     /// A daemon with an empty topology, listening at `listen`, started at `now`, drawing
     /// its handshakes' randomness from `entropy`.
-    pub fn new(node: &str, listen: SocketAddr, entropy: Box<dyn Entropy + Send>, now: Instant) -> SimDaemon {
+    pub fn new(node: Name, listen: SocketAddr, entropy: Box<dyn Entropy + Send>, now: Instant) -> SimDaemon {
         let dataplane = Dataplane::default();
         let config = StateConfig {
             node: node.to_string(),
@@ -180,7 +181,7 @@ impl SimDaemon {
             quic_accepts: false,
         };
         let creds = Credentials {
-            node: node.to_string(),
+            node: node.clone(),
             key: NetworkKey::from_bytes(NETWORK_KEY),
         };
         SimDaemon {
@@ -346,7 +347,7 @@ impl Datapath {
     fn effect(&mut self, effect: Effect, now: Instant) -> Option<(String, Result<(), String>)> {
         match effect {
             Effect::OpenIface { spec, port, stats } => {
-                self.ifaces.insert(spec.name.clone(), port);
+                self.ifaces.insert(spec.name.to_string(), port);
                 self.ports.insert(
                     port,
                     Port {
@@ -355,7 +356,7 @@ impl Datapath {
                         stats,
                     },
                 );
-                return Some((spec.name, Ok(())));
+                return Some((spec.name.to_string(), Ok(())));
             }
             Effect::CloseIface { name, port, .. } => {
                 self.ifaces.remove(&name);
@@ -531,14 +532,19 @@ mod tests {
 
     fn daemon(node: &str, i: u8, seed: u64, now: Instant) -> SimDaemon {
         let mut r = ChaCha8Rng::seed_from_u64(seed);
-        SimDaemon::new(node, addr(i), Box::new(move |d: &mut [u8]| r.fill_bytes(d)), now)
+        SimDaemon::new(
+            node.parse().unwrap(),
+            addr(i),
+            Box::new(move |d: &mut [u8]| r.fill_bytes(d)),
+            now,
+        )
     }
 
     /// A VM with `mac` behind `vm0`, and link `h0-h1` dialing `peer` (or waiting).
     fn topology(mac: MacAddr, peer: Option<SocketAddr>) -> Topology {
         Topology {
             ifaces: vec![IfaceSpec {
-                name: "vm0".into(),
+                name: "vm0".parse().unwrap(),
                 kind: IfaceKind::Tap,
                 device: None,
                 netns: None,
@@ -547,7 +553,7 @@ mod tests {
                 offload: true,
             }],
             links: vec![LinkSpec {
-                name: "h0-h1".into(),
+                name: "h0-h1".parse().unwrap(),
                 proto: LinkProto::Udp,
                 peer,
                 encrypt: false,
@@ -557,13 +563,13 @@ mod tests {
                     id: None,
                     src: MacMatch::Any,
                     dst: DstMatch::Mac(MacMatch::Exact(mac)),
-                    out: vec![Output::Iface("vm0".into())],
+                    out: vec![Output::Iface("vm0".parse().unwrap())],
                 },
                 RuleEntry {
                     id: None,
                     src: MacMatch::Any,
                     dst: DstMatch::None,
-                    out: vec![Output::Link("h0-h1".into())],
+                    out: vec![Output::Link("h0-h1".parse().unwrap())],
                 },
             ],
             config_time_bound_ms: None,

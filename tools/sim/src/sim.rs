@@ -12,6 +12,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vnet_core::config::Topology;
 use vnet_core::mac::MacAddr;
+use vnet_core::name::{Name, NameError};
 use vnet_core::wire;
 
 use crate::daemon::{ConfigureError, DaemonOutput, SimDaemon};
@@ -39,6 +40,9 @@ pub enum SimError {
     /// A daemon refused a topology.
     #[error("daemon `{0}` refused its topology: {1}")]
     Configure(String, ConfigureError),
+    /// A machine's name is not a daemon's node name.
+    #[error("host `{0}`: {1}")]
+    NodeName(String, NameError),
     /// A machine the caller named is not a host.
     #[error("no host `{0}`")]
     UnknownHost(String),
@@ -81,6 +85,8 @@ enum Event {
 #[derive(Debug)]
 struct SimHost {
     name: String,
+    /// `name` as its daemon's node name.
+    node: Name,
     addr: SocketAddr,
     /// `None` while crashed.
     daemon: Option<SimDaemon>,
@@ -144,6 +150,8 @@ impl Sim {
                 return Err(SimError::SharedAddress(other, h.machine.clone()));
             }
             hosts.push(SimHost {
+                node: Name::try_from(h.machine.as_str())
+                    .map_err(|e| SimError::NodeName(h.machine.clone(), e))?,
                 name: h.machine.clone(),
                 addr: SocketAddr::new(ip, h.port),
                 state_file: compiled.get(&h.machine).cloned().unwrap_or_default(),
@@ -169,9 +177,9 @@ impl Sim {
             let (Some(mac), host) = (i.mac, id_of(&i.machine)?) else {
                 continue;
             };
-            vm_at[host.0 as usize].insert(i.name.clone(), VmId(vms.len() as u32));
+            vm_at[host.0 as usize].insert(i.name.to_string(), VmId(vms.len() as u32));
             vms.push(Vm {
-                iface: i.name.clone(),
+                iface: i.name.to_string(),
                 mac,
                 host,
             });
@@ -307,7 +315,7 @@ impl Sim {
                         .any(|l| l.name == spec.name && l.peer.is_none())
                 });
                 if waiter != dialer && waits && self.underlay.reachable(dialer, waiter) {
-                    out.push((spec.name.clone(), dialer, waiter));
+                    out.push((spec.name.to_string(), dialer, waiter));
                 }
             }
         }
@@ -399,7 +407,7 @@ impl Sim {
         let mut entropy = ChaCha8Rng::seed_from_u64(self.sessions.next_u64());
         let h = &mut self.hosts[host.0 as usize];
         let mut daemon = SimDaemon::new(
-            &h.name,
+            h.node.clone(),
             h.addr,
             Box::new(move |dest: &mut [u8]| entropy.fill_bytes(dest)),
             now,

@@ -15,6 +15,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use vnet_core::mac::MacAddr;
+use vnet_core::name::Name;
 use vnet_core::rule::{DstMatch, MacMatch};
 
 /// The machine every default route leads to.
@@ -61,7 +62,8 @@ pub fn vm_mac(j: usize) -> MacAddr {
 pub fn vm_iface(j: usize, machine: &str) -> Iface {
     Iface {
         machine: machine.to_string(),
-        name: format!("vm{j}"),
+        // `vm` and a number: always a name.
+        name: Name::try_from(format!("vm{j}")).unwrap_or_else(|e| unreachable!("{e}")),
         kind: IfaceKind::Tap,
         mac: Some(vm_mac(j)),
         device: None,
@@ -110,7 +112,7 @@ pub struct Routing {
 }
 
 /// Where each VM is, by MAC.
-fn placement(o: &Overlay) -> BTreeMap<MacAddr, (String, String)> {
+fn placement(o: &Overlay) -> BTreeMap<MacAddr, (String, Name)> {
     o.ifaces
         .values()
         .filter_map(|i| Some((i.mac?, (i.machine.clone(), i.name.clone()))))

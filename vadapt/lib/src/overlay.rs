@@ -189,6 +189,11 @@ mod tests {
     use crate::plan::{OverlayLink, PlanRoute, PlannedReservations};
     use lang::ast::{Host, Iface, IfaceKind};
     use lang::LinkProto;
+    use vnet_core::name::Name;
+
+    fn name(text: &str) -> Name {
+        text.parse().unwrap()
+    }
 
     fn mac(n: u8) -> MacAddr {
         MacAddr([2, 0, 0, 0, 0, n])
@@ -224,15 +229,15 @@ mod tests {
             o.links.insert(l.name(), l);
         }
         for (h, n) in [("h1", 1), ("h2", 2)] {
-            let name = format!("vm{n}");
+            let vm = name(&format!("vm{n}"));
             o.ifaces.insert(
-                (h.into(), name.clone()),
+                (h.into(), vm.clone()),
                 Iface {
                     machine: h.into(),
-                    name: name.clone(),
+                    name: vm.clone(),
                     kind: IfaceKind::Tap,
                     mac: Some(mac(n)),
-                    device: Some("eth0".into()),
+                    device: Some(name("eth0")),
                     netns: None,
                     mtu: None,
                 },
@@ -241,7 +246,7 @@ mod tests {
                 machine: h.into(),
                 src: MacMatch::Any,
                 dst: DstMatch::Mac(MacMatch::Exact(mac(n))),
-                out: Target::Iface(name),
+                out: Target::Iface(vm),
             });
             o.rules.insert(Rule {
                 machine: h.into(),
@@ -306,7 +311,7 @@ mod tests {
             && r.src == MacMatch::Exact(mac(1))));
         assert!(owned
             .iter()
-            .any(|r| r.machine == "h2" && r.out == Target::Iface("vm2".into())));
+            .any(|r| r.machine == "h2" && r.out == Target::Iface(name("vm2"))));
         // The base is untouched.
         for r in star().rules {
             assert!(t.overlay.rules.contains(&r));

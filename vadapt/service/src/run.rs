@@ -172,7 +172,7 @@ impl Scene {
         let macs: BTreeMap<String, MacAddr> = live
             .ifaces
             .values()
-            .filter_map(|i| i.mac.map(|m| (i.name.clone(), m)))
+            .filter_map(|i| i.mac.map(|m| (i.name.to_string(), m)))
             .collect();
         if macs.is_empty() {
             bail!("the daemons serve no VM interface with a MAC: nothing to adapt");

@@ -12,6 +12,7 @@ use vnet_control::proto::{
     Response, ResponseEnvelope, RuleStatus, StatsReport, StatusReport, LEN_PREFIX, PROTOCOL_VERSION,
 };
 use vnet_core::config::{IfaceSpec, LinkSpec, Topology};
+use vnet_core::name::Name;
 use vnet_core::rule::RuleSpec;
 use vnet_core::table::RuleId;
 
@@ -109,13 +110,8 @@ impl Client {
     }
 
     /// Removes interface `name` (refused while a rule sends to it).
-    pub fn iface_del(&mut self, name: &str) -> Result<(), ClientError> {
-        self.call(
-            Request::IfaceDel {
-                name: name.to_string(),
-            },
-            done,
-        )
+    pub fn iface_del(&mut self, name: &Name) -> Result<(), ClientError> {
+        self.call(Request::IfaceDel { name: name.clone() }, done)
     }
 
     /// The links with their state.
@@ -129,13 +125,8 @@ impl Client {
     }
 
     /// Deletes link `name` (refused while a rule sends to it).
-    pub fn link_del(&mut self, name: &str) -> Result<(), ClientError> {
-        self.call(
-            Request::LinkDel {
-                name: name.to_string(),
-            },
-            done,
-        )
+    pub fn link_del(&mut self, name: &Name) -> Result<(), ClientError> {
+        self.call(Request::LinkDel { name: name.clone() }, done)
     }
 
     /// The forwarding rules with their priority and hits.
@@ -290,6 +281,10 @@ mod tests {
     use super::*;
     use std::thread::JoinHandle;
 
+    fn name(text: &str) -> Name {
+        text.parse().unwrap()
+    }
+
     /// A fake daemon on the other end of a socket pair: for each `(expected request,
     /// answer)` it reads one request, checks it, and sends the answer. Joining it yields
     /// the requests it saw.
@@ -337,7 +332,7 @@ mod tests {
         let rule = RuleSpec {
             src: vnet_core::rule::MacMatch::Any,
             dst: vnet_core::rule::DstMatch::None,
-            out: vec![vnet_core::rule::Output::Link("h0-h1".into())],
+            out: vec![vnet_core::rule::Output::Link(name("h0-h1"))],
         };
         let to: SocketAddr = "198.18.0.3:7400".parse().unwrap();
         let probe = ProbeResult {
@@ -354,7 +349,7 @@ mod tests {
             (Request::Status, Ok(Response::Status(status_report()))),
             (Request::RuleAdd(rule.clone()), Ok(Response::RuleAdded(RuleId(7)))),
             (Request::RuleDel { id: RuleId(7) }, Ok(Response::Done)),
-            (Request::LinkDel { name: "l1".into() }, Ok(Response::Done)),
+            (Request::LinkDel { name: name("l1") }, Ok(Response::Done)),
             (Request::ConfigGet, Ok(Response::Config(Topology::default()))),
             (Request::SetConfigTimeBound { ms: Some(900) }, Ok(Response::Done)),
             (
@@ -371,7 +366,7 @@ mod tests {
         assert_eq!(c.status().unwrap(), status_report());
         assert_eq!(c.rule_add(rule).unwrap(), RuleId(7));
         c.rule_del(RuleId(7)).unwrap();
-        c.link_del("l1").unwrap();
+        c.link_del(&name("l1")).unwrap();
         assert_eq!(c.config_get().unwrap(), Topology::default());
         c.set_config_time_bound(Some(900)).unwrap();
         assert_eq!(c.probe(to, Some(1 << 20), None).unwrap(), probe);
@@ -388,7 +383,7 @@ mod tests {
         let (mut c, daemon) = fake_daemon(vec![
             (Request::LinkList, Ok(Response::Done)),
             (
-                Request::IfaceDel { name: "vm0".into() },
+                Request::IfaceDel { name: name("vm0") },
                 Ok(Response::Status(status_report())),
             ),
         ]);
@@ -405,7 +400,7 @@ mod tests {
         );
         assert!(e.to_string().ends_with(": Done to LinkList"), "{e}");
         // A `Done` is all a deletion takes: anything else is refused too.
-        let e = c.iface_del("vm0").unwrap_err();
+        let e = c.iface_del(&name("vm0")).unwrap_err();
         assert!(
             matches!(
                 e,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use vnet_core::config::{IfaceSpec, LinkProto, LinkSpec, Topology};
 pub use vnet_core::forward::PortCounters;
+use vnet_core::name::Name;
 use vnet_core::rule::RuleSpec;
 use vnet_core::table::RuleId;
 
@@ -43,7 +44,7 @@ pub enum Request {
     /// Remove an interface (refused while a rule sends to it).
     IfaceDel {
         /// Interface name.
-        name: String,
+        name: Name,
     },
     /// List links with their state.
     LinkList,
@@ -52,7 +53,7 @@ pub enum Request {
     /// Delete a link (refused while a rule sends to it).
     LinkDel {
         /// Link name.
-        name: String,
+        name: Name,
     },
     /// List forwarding rules with their priority and hit counters.
     RuleList,
@@ -410,9 +411,10 @@ pub fn decode_len(prefix: [u8; LEN_PREFIX]) -> Result<usize, DecodeError> {
     Ok(len)
 }
 
-/// Decodes a message body (without its prefix). Trailing bytes are an error.
+/// Decodes a message body (without its prefix). Trailing bytes are an error; a text field
+/// that does not parse (a name, a rule side or output) is reported with its parser's error.
 pub fn decode_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError> {
-    match postcard::take_from_bytes::<T>(body) {
+    match vnet_core::text::take_from_bytes::<T>(body) {
         Ok((msg, [])) => Ok(msg),
         Ok((_, rest)) => Err(DecodeError::Body(format!("{} trailing bytes", rest.len()))),
         Err(e) => Err(DecodeError::Body(e.to_string())),
@@ -425,6 +427,31 @@ mod tests {
     use proptest::prelude::*;
     use vnet_core::rule::{DstMatch, MacMatch, Output};
 
+    fn name(text: &str) -> Name {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_request_with_a_bad_name_fails_to_decode_with_the_names_error() {
+        let good = encode(&Request::IfaceDel { name: name("vm0") });
+        assert_eq!(
+            decode_body::<Request>(&good[LEN_PREFIX..]),
+            Ok(Request::IfaceDel { name: name("vm0") })
+        );
+        // The same message from a client that does not check names: variant 3, the text.
+        let mut bad = vec![3];
+        bad.extend(postcard::to_allocvec("vm 0").unwrap());
+        assert_eq!(
+            decode_body::<Request>(&bad),
+            Err(DecodeError::Body(
+                "name \"vm 0\" contains ' '; only A-Z a-z 0-9 . _ - are allowed".into()
+            ))
+        );
+        assert!(
+            matches!(decode_body::<Request>(&[3, 5, b'v']), Err(DecodeError::Body(m)) if !m.contains("name"))
+        );
+    }
+
     #[test]
     fn requests_round_trip() {
         let reqs = vec![
@@ -432,7 +459,7 @@ mod tests {
             Request::RuleAdd(RuleSpec {
                 src: MacMatch::Any,
                 dst: DstMatch::None,
-                out: vec![Output::Link("h0-h1".into())],
+                out: vec![Output::Link(name("h0-h1"))],
             }),
             Request::RuleDel { id: RuleId(7) },
             Request::ConfigReplace(Topology::default()),
@@ -581,7 +608,7 @@ mod tests {
     fn only_an_up_link_is_up() {
         let link = |state| LinkStatus {
             spec: LinkSpec {
-                name: "h0-h1".into(),
+                name: name("h0-h1"),
                 proto: LinkProto::Tcp,
                 peer: None,
                 encrypt: false,

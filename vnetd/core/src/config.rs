@@ -38,6 +38,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
+use crate::name::{Name, MAX_DEVICE_NAME_LEN};
 use crate::rule::{Output, RuleSpec};
 use crate::table::RuleId;
 
@@ -60,16 +61,12 @@ pub const MIN_TAP_MTU: u32 = 576;
 pub fn default_tap_mtu(link_mtu: u32) -> u32 {
     link_mtu.saturating_sub(TAP_MTU_OVERHEAD).max(MIN_TAP_MTU)
 }
-/// Longest name of a link, interface or node (fits the wire handshake and Linux IFNAMSIZ
-/// for devices).
-pub const MAX_NAME_LEN: usize = 64;
-
 /// Everything the daemon is started with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
     /// This daemon's name in the overlay (shown to peers in the handshake).
-    pub node: String,
+    pub node: Name,
     /// File holding the overlay's network key (64 hex digits).
     pub key_file: PathBuf,
     /// Address the TCP and UDP link listeners bind.
@@ -139,13 +136,13 @@ pub enum IfaceKind {
 #[serde(deny_unknown_fields)]
 pub struct IfaceSpec {
     /// Name used in rules (`iface:NAME`).
-    pub name: String,
+    pub name: Name,
     /// TAP or captured device.
     pub kind: IfaceKind,
-    /// Kernel device name; defaults to `name`.
-    pub device: Option<String>,
+    /// Kernel device name (at most [`MAX_DEVICE_NAME_LEN`] bytes); defaults to `name`.
+    pub device: Option<Name>,
     /// Named network namespace (`ip netns`) the device lives in; default: the daemon's.
-    pub netns: Option<String>,
+    pub netns: Option<Name>,
     /// MAC address to give a TAP (default: the kernel's random one).
     pub mac: Option<MacAddr>,
     /// MTU to give a TAP (default: `link_mtu` minus the worst link's overhead).
@@ -159,8 +156,8 @@ pub struct IfaceSpec {
 
 impl IfaceSpec {
     /// The kernel device name.
-    pub fn device(&self) -> &str {
-        self.device.as_deref().unwrap_or(&self.name)
+    pub fn device(&self) -> &Name {
+        self.device.as_ref().unwrap_or(&self.name)
     }
 }
 
@@ -191,7 +188,7 @@ impl std::fmt::Display for LinkProto {
 #[serde(deny_unknown_fields)]
 pub struct LinkSpec {
     /// Name used in rules (`link:NAME`); both ends use the same name.
-    pub name: String,
+    pub name: Name,
     /// Transport.
     pub proto: LinkProto,
     /// Address to dial; `None` waits for the peer to dial in.
@@ -233,13 +230,14 @@ pub enum ConfigError {
     /// The TOML text does not parse or has unknown/missing fields.
     #[error("{0}")]
     Syntax(String),
-    /// A name is empty, too long or uses characters outside [A-Za-z0-9._-].
-    #[error("{what} name `{name}` is invalid: use 1-{MAX_NAME_LEN} characters from A-Z a-z 0-9 . _ -")]
-    BadName {
-        /// "node", "link", "interface" or "device".
-        what: &'static str,
-        /// The offending name.
-        name: String,
+    /// An interface's device name (its own, or the interface name it defaults to) is
+    /// longer than Linux allows.
+    #[error("interface `{iface}`: device name `{device}` is {} bytes long; Linux allows at most {MAX_DEVICE_NAME_LEN}", device.len())]
+    DeviceNameTooLong {
+        /// The interface.
+        iface: Name,
+        /// Its device name.
+        device: Name,
     },
     /// Two interfaces or two links share a name.
     #[error("duplicate {what} `{name}`")]
@@ -258,7 +256,7 @@ pub enum ConfigError {
         /// The rule, as text.
         rule: String,
         /// The missing interface.
-        iface: String,
+        iface: Name,
     },
     /// A rule names a link that is not configured (links the peer dials in must still be
     /// declared, without `peer`).
@@ -267,11 +265,11 @@ pub enum ConfigError {
         /// The rule, as text.
         rule: String,
         /// The missing link.
-        link: String,
+        link: Name,
     },
     /// An MTU outside what Ethernet over the overlay can carry.
     #[error("interface `{0}`: MTU {1} is outside 68..=65000")]
-    BadMtu(String, u32),
+    BadMtu(Name, u32),
     /// The underlay MTU is outside what IP allows.
     #[error("link_mtu {0} is outside 576..=65535")]
     BadLinkMtu(u32),
@@ -280,13 +278,13 @@ pub enum ConfigError {
     BadTapQueues(u16),
     /// A QUIC link waits for its peer but the daemon has no QUIC listener.
     #[error("link `{0}` waits for a QUIC peer, but quic_listen is not set")]
-    QuicWithoutListen(String),
+    QuicWithoutListen(Name),
     /// The QUIC listener would share the UDP link socket's address.
     #[error("quic_listen must differ from listen: the UDP link socket holds that port")]
     QuicListenClash,
     /// Link names starting with a dot are the daemon's own (`.probe`, bandwidth probes).
     #[error("link name `{0}` is reserved: names starting with `.` are the daemon's own")]
-    ReservedLinkName(String),
+    ReservedLinkName(Name),
     /// A rule id of `u64::MAX`: ids stop one short, so that a daemon can always number
     /// the rules added after the largest one.
     #[error("rule id {0} is too large: the largest rule id is {max}", max = u64::MAX - 1)]
@@ -299,41 +297,17 @@ pub enum ConfigError {
     TcpControlWithoutToken,
 }
 
-/// True when `name` is a valid node, link or interface name.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
-fn check_name(what: &'static str, name: &str) -> Result<(), ConfigError> {
-    if valid_name(name) {
-        Ok(())
-    } else {
-        Err(ConfigError::BadName {
-            what,
-            name: name.to_string(),
-        })
-    }
-}
-
 impl Topology {
-    /// Checks names, duplicates, MTUs and that every rule output exists.
+    /// Checks device name lengths, reserved link names, duplicates, MTUs and that every
+    /// rule output exists (names themselves are valid once parsed).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut ifaces = HashSet::new();
         for i in &self.ifaces {
-            check_name("interface", &i.name)?;
-            // Linux device names are at most 15 bytes.
-            if i.device().len() > 15 || !valid_name(i.device()) {
-                return Err(ConfigError::BadName {
-                    what: "device",
-                    name: i.device().to_string(),
+            if i.device().len() > MAX_DEVICE_NAME_LEN {
+                return Err(ConfigError::DeviceNameTooLong {
+                    iface: i.name.clone(),
+                    device: i.device().clone(),
                 });
-            }
-            if let Some(ns) = &i.netns {
-                check_name("netns", ns)?;
             }
             if let Some(mtu) = i.mtu {
                 if !(68..=65000).contains(&mtu) {
@@ -343,20 +317,19 @@ impl Topology {
             if !ifaces.insert(i.name.as_str()) {
                 return Err(ConfigError::Duplicate {
                     what: "interface",
-                    name: i.name.clone(),
+                    name: i.name.to_string(),
                 });
             }
         }
         let mut links = HashSet::new();
         for l in &self.links {
-            check_name("link", &l.name)?;
-            if l.name.starts_with('.') {
+            if l.name.is_reserved() {
                 return Err(ConfigError::ReservedLinkName(l.name.clone()));
             }
             if !links.insert(l.name.as_str()) {
                 return Err(ConfigError::Duplicate {
                     what: "link",
-                    name: l.name.clone(),
+                    name: l.name.to_string(),
                 });
             }
         }
@@ -435,9 +408,8 @@ impl DaemonConfig {
         Ok(c)
     }
 
-    /// Validates names and the topology.
+    /// Validates the settings and the topology.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_name("node", &self.node)?;
         if self.control_tcp.is_some() && self.control_token_file.is_none() {
             return Err(ConfigError::TcpControlWithoutToken);
         }
@@ -575,11 +547,39 @@ out = ["link:h0-h1"]
             DaemonConfig::from_toml(&bad),
             Err(ConfigError::UnknownIface { .. })
         ));
+        // A bad name fails to parse, with the name's error and where it is.
         let bad = EXAMPLE.replace("node = \"h1\"", "node = \"h 1\"");
         assert!(matches!(
             DaemonConfig::from_toml(&bad),
-            Err(ConfigError::BadName { .. })
+            Err(ConfigError::Syntax(m)) if m.contains("name \"h 1\" contains ' '") && m.contains("line 2")
         ));
+        let bad = EXAMPLE.replace("name = \"h0-h1\"", "name = \"h0/h1\"");
+        assert!(matches!(
+            DaemonConfig::from_toml(&bad),
+            Err(ConfigError::Syntax(m)) if m.contains("name \"h0/h1\" contains '/'")
+        ));
+        let bad = EXAMPLE.replace("link:h0-h1", "link:h0 h1");
+        assert!(matches!(
+            DaemonConfig::from_toml(&bad),
+            Err(ConfigError::Syntax(m)) if m.contains("name \"h0 h1\" contains ' '")
+        ));
+        // Device names have Linux's limit on top, also when they default to the name.
+        let bad = EXAMPLE.replace("device = \"eth0\"", "device = \"a-sixteen-bytes0\"");
+        assert!(matches!(
+            DaemonConfig::from_toml(&bad),
+            Err(ConfigError::DeviceNameTooLong { iface, device }) if iface == "vm0" && device.len() == 16
+        ));
+        let bad = EXAMPLE
+            .replace("device = \"eth0\"\n", "")
+            .replace("vm0", "a-sixteen-bytes0");
+        assert_eq!(
+            DaemonConfig::from_toml(&bad).map_err(|e| e.to_string()),
+            Err(
+                "interface `a-sixteen-bytes0`: device name `a-sixteen-bytes0` is 16 bytes long; \
+                 Linux allows at most 15"
+                    .to_string()
+            )
+        );
         let bad = EXAMPLE.replace("mtu = 1500", "mtu = 20");
         assert!(matches!(
             DaemonConfig::from_toml(&bad),

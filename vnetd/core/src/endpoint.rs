@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use crate::forward::DropReason;
 use crate::handshake::{self, Challenge, Hello};
+use crate::name::Name;
 use crate::session::{refusal, Admission, Credentials, Entropy, Event, Input, LinkSession, Phase, Policy};
 use crate::wire::{self, Header, Kind};
 
@@ -121,7 +122,7 @@ struct Path {
 
 #[derive(Debug)]
 struct Link {
-    name: String,
+    name: Name,
     /// Address to dial; `None` waits for the peer.
     peer: Option<SocketAddr>,
     caps: u32,
@@ -189,7 +190,7 @@ impl Endpoint {
     /// Adds link `name`, which dials `peer` (its Hello is the next transmit) or waits for
     /// the peer when `None`, asking for `caps`. A link of that name already here is
     /// removed first.
-    pub fn add_link(&mut self, name: &str, peer: Option<SocketAddr>, caps: u32, now: Instant) -> LinkId {
+    pub fn add_link(&mut self, name: &Name, peer: Option<SocketAddr>, caps: u32, now: Instant) -> LinkId {
         if let Some(old) = self.find(name) {
             self.remove_link(old);
         }
@@ -201,7 +202,7 @@ impl Endpoint {
             }
         };
         let mut link = Link {
-            name: name.to_string(),
+            name: name.clone(),
             peer,
             caps,
             current: None,
@@ -620,6 +621,7 @@ fn datagram(input: Input<'_>, i: usize, header: Header) -> Datagram<'_> {
 mod tests {
     use super::*;
     use crate::handshake::HandshakeError;
+    use crate::name::name;
     use crate::session::testing::{creds, creds_with_key, entropy};
     use crate::session::{Lost, DEAD_AFTER};
     use proptest::prelude::*;
@@ -807,8 +809,8 @@ mod tests {
         let mut net = Net::new();
         let (h0, h1) = (net.node(0, "h0", 1), net.node(1, "h1", 2));
         let now = net.now;
-        net.ep(h0).add_link("h0-h1", None, 0, now);
-        net.ep(h1).add_link("h0-h1", Some(addr(0)), 0, now);
+        net.ep(h0).add_link(&name("h0-h1"), None, 0, now);
+        net.ep(h1).add_link(&name("h0-h1"), Some(addr(0)), 0, now);
         net.step(Duration::from_millis(20));
         let ids = net.ups(addr(1));
         assert_eq!(ids.len(), 1, "{:?}", net.events);
@@ -857,8 +859,8 @@ mod tests {
             !(first && matches!(kind, Some(Kind::Hello | Kind::Challenge | Kind::Proof)))
         });
         let now = net.now;
-        net.ep(h0).add_link("h0-h1", None, 0, now);
-        net.ep(h1).add_link("h0-h1", Some(addr(0)), 0, now);
+        net.ep(h0).add_link(&name("h0-h1"), None, 0, now);
+        net.ep(h1).add_link(&name("h0-h1"), Some(addr(0)), 0, now);
         net.step(Duration::from_secs(2));
         assert_eq!(net.ups(addr(0)).len(), 1, "{:?}", net.events);
         assert_eq!(net.ups(addr(1)), net.ups(addr(0)));
@@ -877,7 +879,7 @@ mod tests {
         let mut net = Net::new();
         let h0 = net.node(0, "h0", 1);
         let now = net.now;
-        net.ep(h0).add_link("h0-h1", None, 0, now);
+        net.ep(h0).add_link(&name("h0-h1"), None, 0, now);
         for i in 0..20 {
             net.in_flight.push(Packet {
                 at: now,
@@ -916,7 +918,7 @@ mod tests {
         // The proxy restarts: a new endpoint at its address knows no session.
         let h0 = net.node_with(addr(0), creds("h0"), 99);
         let now = net.now;
-        net.ep(h0).add_link("h0-h1", None, 0, now);
+        net.ep(h0).add_link(&name("h0-h1"), None, 0, now);
         let before = net.now;
         // h1's next keepalive earns a Reset, then it handshakes again.
         net.step(Duration::from_millis(500));
@@ -946,14 +948,14 @@ mod tests {
         let mut net = Net::new();
         let (h0, h1) = (net.node(0, "h0", 1), net.node(1, "h1", 2));
         let now = net.now;
-        net.ep(h0).add_link("h0-h1", None, 0, now);
+        net.ep(h0).add_link(&name("h0-h1"), None, 0, now);
         // The first Proof is lost; meanwhile the proxy restarts and forgets the Challenge.
         net.filter = Box::new(|p| p.bytes[3] != Kind::Proof.to_byte());
-        net.ep(h1).add_link("h0-h1", Some(addr(0)), 0, now);
+        net.ep(h1).add_link(&name("h0-h1"), Some(addr(0)), 0, now);
         net.step(Duration::from_millis(5));
         let h0 = net.node_with(addr(0), creds("h0"), 99);
         let now = net.now;
-        net.ep(h0).add_link("h0-h1", None, 0, now);
+        net.ep(h0).add_link(&name("h0-h1"), None, 0, now);
         net.filter = Box::new(|_| true);
         // The retransmitted Proof meets no responder: a Reset, and h1 starts over at once
         // instead of at its 3 s handshake deadline.
@@ -983,7 +985,7 @@ mod tests {
         let mut rng = entropy(5);
         let mut rogue = LinkSession::dial(
             &creds_with_key("h1", [1; 32]),
-            "h0-h1",
+            &name("h0-h1"),
             0,
             [0; 32],
             Policy::udp(),
@@ -1032,7 +1034,7 @@ mod tests {
         // Hold the new Proof back to look at the proxy in between.
         net.filter = Box::new(|p| p.bytes[3] != Kind::Proof.to_byte());
         let now = net.now;
-        net.ep(h1).add_link("h0-h1", Some(addr(0)), 0, now);
+        net.ep(h1).add_link(&name("h0-h1"), Some(addr(0)), 0, now);
         net.step(Duration::from_millis(5));
         let proof = net
             .sent
@@ -1067,12 +1069,12 @@ mod tests {
         let mut net = Net::new();
         let (h0, h1) = (net.node(0, "h0", 1), net.node(1, "h1", 2));
         let now = net.now;
-        net.ep(h0).add_link("dials", Some(addr(5)), 0, now);
-        net.ep(h0).add_link("plain", None, 0, now);
-        net.ep(h1).add_link("nowhere", Some(addr(0)), 0, now);
-        net.ep(h1).add_link("dials", Some(addr(0)), 0, now);
+        net.ep(h0).add_link(&name("dials"), Some(addr(5)), 0, now);
+        net.ep(h0).add_link(&name("plain"), None, 0, now);
+        net.ep(h1).add_link(&name("nowhere"), Some(addr(0)), 0, now);
+        net.ep(h1).add_link(&name("dials"), Some(addr(0)), 0, now);
         net.ep(h1)
-            .add_link("plain", Some(addr(0)), handshake::CAP_ENCRYPT, now);
+            .add_link(&name("plain"), Some(addr(0)), handshake::CAP_ENCRYPT, now);
         net.step(Duration::from_millis(20));
         let mut refusals: Vec<String> = net
             .events
@@ -1136,9 +1138,9 @@ mod tests {
         let mut net = Net::new();
         let (h0, h1) = (net.node(0, "h0", 1), net.node(1, "h1", 2));
         let now = net.now;
-        for name in ["one", "two"] {
-            net.ep(h0).add_link(name, None, 0, now);
-            net.ep(h1).add_link(name, Some(addr(0)), 0, now);
+        for link in [name("one"), name("two")] {
+            net.ep(h0).add_link(&link, None, 0, now);
+            net.ep(h1).add_link(&link, Some(addr(0)), 0, now);
         }
         net.step(Duration::from_millis(20));
         assert_eq!(net.ups(addr(1)).len(), 2, "{:?}", net.events);
@@ -1160,7 +1162,7 @@ mod tests {
             Some(Err(Some(DropReason::NoSession)))
         );
         let now = net.now;
-        assert_eq!(net.ep(0).add_link("again", None, 0, now), link);
+        assert_eq!(net.ep(0).add_link(&name("again"), None, 0, now), link);
     }
 
     proptest! {
@@ -1195,8 +1197,8 @@ mod tests {
                 fates[n % fates.len()] >= 2
             });
             let now = net.now;
-            net.ep(h0).add_link("l", None, 0, now);
-            net.ep(h1).add_link("l", Some(addr(0)), 0, now);
+            net.ep(h0).add_link(&name("l"), None, 0, now);
+            net.ep(h1).add_link(&name("l"), Some(addr(0)), 0, now);
             // Reordering and duplication: every datagram some way late, some twice.
             for _ in 0..200 {
                 net.step(Duration::from_millis(10));

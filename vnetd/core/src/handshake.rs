@@ -49,12 +49,11 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::crypto::SessionKeys;
+use crate::name::Name;
+use crate::text::PostcardError;
 use crate::wire::Kind;
 
 type HmacSha256 = Hmac<Sha256>;
-
-/// Longest node or link name, in bytes.
-pub const MAX_NAME_LEN: usize = 64;
 
 /// Longest refusal reason, in bytes.
 pub const MAX_REASON_LEN: usize = 200;
@@ -188,9 +187,9 @@ mod sealed {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// Name of the link being opened (the same on both ends' configurations).
-    pub link: String,
+    pub link: Name,
     /// The initiator's node name.
-    pub node: String,
+    pub node: Name,
     /// The initiator's fresh random nonce.
     pub nonce: [u8; 32],
     /// The initiator's ephemeral X25519 public key (session keys, see [`crate::crypto`]).
@@ -208,7 +207,7 @@ impl Payload for Hello {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Challenge {
     /// The responder's node name.
-    pub node: String,
+    pub node: Name,
     /// The responder's fresh random nonce.
     pub nonce: [u8; 32],
     /// Session id the responder assigned; nonzero.
@@ -271,10 +270,13 @@ pub fn encode_payload<T: Payload>(msg: &T) -> Vec<u8> {
 }
 
 /// Decodes a postcard payload that must fill `b` exactly: trailing bytes mean a peer
-/// speaking some other format, and are refused rather than ignored.
+/// speaking some other format, and are refused rather than ignored. The only text fields
+/// of handshake payloads that are parsed are names, so a text error is a bad name.
 fn decode_exact<'a, T: Deserialize<'a>>(what: &str, b: &'a [u8]) -> Result<T, HandshakeError> {
-    let (msg, rest) =
-        postcard::take_from_bytes::<T>(b).map_err(|e| HandshakeError::Malformed(format!("{what}: {e}")))?;
+    let (msg, rest) = crate::text::take_from_bytes::<T>(b).map_err(|e| match e {
+        PostcardError::Text(e) => HandshakeError::BadName(format!("{what}: {e}")),
+        PostcardError::Shape(e) => HandshakeError::Malformed(format!("{what}: {e}")),
+    })?;
     if !rest.is_empty() {
         return Err(HandshakeError::Malformed(format!(
             "{what}: {} trailing bytes",
@@ -284,18 +286,14 @@ fn decode_exact<'a, T: Deserialize<'a>>(what: &str, b: &'a [u8]) -> Result<T, Ha
     Ok(msg)
 }
 
-/// Decodes a Hello payload and validates its names.
+/// Decodes a Hello payload (its names parse as [`Name`]s).
 pub fn decode_hello(b: &[u8]) -> Result<Hello, HandshakeError> {
-    let h: Hello = decode_exact("hello", b)?;
-    validate_name("link", &h.link)?;
-    validate_name("node", &h.node)?;
-    Ok(h)
+    decode_exact("hello", b)
 }
 
-/// Decodes a Challenge payload and validates its node name and session id.
+/// Decodes a Challenge payload and checks its session id.
 pub fn decode_challenge(b: &[u8]) -> Result<Challenge, HandshakeError> {
     let c: Challenge = decode_exact("challenge", b)?;
-    validate_name("node", &c.node)?;
     if c.session == 0 {
         return Err(HandshakeError::Malformed(
             "challenge: session id 0 is reserved".into(),
@@ -321,48 +319,11 @@ pub fn decode_refused(b: &[u8]) -> Result<Refused, HandshakeError> {
     Ok(r)
 }
 
-/// Checks a node or link name: 1 to [`MAX_NAME_LEN`] bytes of `[A-Za-z0-9._-]`.
-///
-/// `what` ("node", "link") only labels the error. The config loader should call this too,
-/// since the state machines assume their own names are valid (a peer rejects a message
-/// carrying an invalid one).
-pub fn validate_name(what: &str, name: &str) -> Result<(), HandshakeError> {
-    // Names come from the network here, so the error quotes a bounded, escaped prefix.
-    let shown = || {
-        let mut s: String = name.chars().take(MAX_NAME_LEN).collect();
-        if s.len() < name.len() {
-            s.push('…');
-        }
-        s.escape_debug().to_string()
-    };
-    if name.is_empty() {
-        return Err(HandshakeError::BadName(format!("{what} name is empty")));
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(HandshakeError::BadName(format!(
-            "{what} name \"{}\" is {} bytes long (at most {MAX_NAME_LEN})",
-            shown(),
-            name.len()
-        )));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(HandshakeError::BadName(format!(
-            "{what} name \"{}\" contains {:?}; only A-Z a-z 0-9 . _ - are allowed",
-            shown(),
-            c
-        )));
-    }
-    Ok(())
-}
-
 /// Everything both proofs cover.
 struct Transcript<'a> {
-    link: &'a str,
-    node_i: &'a str,
-    node_r: &'a str,
+    link: &'a Name,
+    node_i: &'a Name,
+    node_r: &'a Name,
     nonce_i: &'a [u8; 32],
     nonce_r: &'a [u8; 32],
     ephemeral_i: &'a [u8; 32],
@@ -379,8 +340,7 @@ impl Transcript<'_> {
         let mut m = key.mac();
         m.update(label);
         for s in [self.link, self.node_i, self.node_r] {
-            // Names are at most 64 bytes once validated; saturating keeps an unvalidated
-            // long name from wrapping into a short, colliding prefix.
+            // A name is at most 64 bytes (`MAX_NAME_LEN`): its length fits the byte.
             m.update(&[u8::try_from(s.len()).unwrap_or(u8::MAX)]);
             m.update(s.as_bytes());
         }
@@ -432,7 +392,7 @@ enum InitiatorState {
     AwaitChallenge,
     /// Proof sent; waiting for Welcome with this session id.
     AwaitWelcome {
-        peer_node: String,
+        peer_node: Name,
         session: u32,
         keys: SessionKeys,
         peer_caps: u32,
@@ -443,8 +403,8 @@ enum InitiatorState {
 #[derive(Clone, Debug)]
 pub struct Initiator {
     key: NetworkKey,
-    node: String,
-    link: String,
+    node: Name,
+    link: Name,
     offer: Offer,
     ephemeral: [u8; 32],
     state: InitiatorState,
@@ -452,21 +412,19 @@ pub struct Initiator {
 
 impl Initiator {
     /// `offer` comes from the caller's RNG and configuration. Returns the Hello to send.
-    ///
-    /// `node` and `link` must pass [`validate_name`]; the responder rejects them otherwise.
-    pub fn new(key: NetworkKey, node: &str, link: &str, offer: Offer) -> (Initiator, Hello) {
+    pub fn new(key: NetworkKey, node: &Name, link: &Name, offer: Offer) -> (Initiator, Hello) {
         let ephemeral = crate::crypto::ephemeral_public(&offer.ephemeral_secret);
         let hello = Hello {
-            link: link.to_string(),
-            node: node.to_string(),
+            link: link.clone(),
+            node: node.clone(),
             nonce: offer.nonce,
             ephemeral,
             caps: offer.caps,
         };
         let me = Initiator {
             key,
-            node: node.to_string(),
-            link: link.to_string(),
+            node: node.clone(),
+            link: link.clone(),
             offer,
             ephemeral,
             state: InitiatorState::AwaitChallenge,
@@ -569,7 +527,7 @@ impl Initiator {
 #[derive(Clone, Debug)]
 pub struct Responder {
     key: NetworkKey,
-    node: String,
+    node: Name,
     hello: Hello,
     offer: Offer,
     ephemeral: [u8; 32],
@@ -581,11 +539,10 @@ impl Responder {
     /// send.
     ///
     /// `session` must be nonzero (0 means "no session" in the wire header; the caller
-    /// draws again), and `node` must pass [`validate_name`]: the initiator rejects the
-    /// Challenge otherwise.
+    /// draws again): the initiator rejects the Challenge otherwise.
     pub fn on_hello(
         key: NetworkKey,
-        node: &str,
+        node: &Name,
         hello: &Hello,
         offer: Offer,
         session: u32,
@@ -593,7 +550,7 @@ impl Responder {
         let ephemeral = crate::crypto::ephemeral_public(&offer.ephemeral_secret);
         let me = Responder {
             key,
-            node: node.to_string(),
+            node: node.clone(),
             hello: hello.clone(),
             offer,
             ephemeral,
@@ -601,7 +558,7 @@ impl Responder {
         };
         let proof = me.transcript().prove(&me.key, RESPONDER_LABEL);
         let challenge = Challenge {
-            node: node.to_string(),
+            node: node.clone(),
             nonce: me.offer.nonce,
             session,
             ephemeral,
@@ -663,9 +620,9 @@ pub struct Session {
     /// Session id, carried in every later wire header on this link.
     pub id: u32,
     /// Name of the link.
-    pub link: String,
+    pub link: Name,
     /// The other end's node name.
-    pub peer_node: String,
+    pub peer_node: Name,
     /// True on the end that dialed.
     pub initiator: bool,
     /// Keys for sealing frames on this session.
@@ -702,8 +659,8 @@ pub enum HandshakeError {
     /// A payload does not decode as the message it should be.
     #[error("malformed handshake message: {0}")]
     Malformed(String),
-    /// A node or link name is empty, too long, or uses characters outside `[A-Za-z0-9._-]`.
-    #[error("bad name: {0}")]
+    /// A node or link name in a payload is not a [`Name`]: the message and its error.
+    #[error("bad name in {0}")]
     BadName(String),
     /// Welcome carried a session id other than the one the Challenge assigned.
     #[error("welcome for session {got}, but the challenge assigned session {expected}")]
@@ -722,12 +679,13 @@ pub enum HandshakeError {
     /// The peer claims our own node name: a link to ourselves, by misconfiguration or by
     /// an attacker reflecting our own messages back at us.
     #[error("the peer claims to be this node ({0}): refusing a link to ourselves")]
-    SelfConnection(String),
+    SelfConnection(Name),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::name::name;
     use proptest::prelude::*;
 
     const KEY: [u8; 32] = [7u8; 32];
@@ -759,9 +717,9 @@ mod tests {
         ki: NetworkKey,
         kr: NetworkKey,
     ) -> (Result<Session, HandshakeError>, Result<Session, HandshakeError>) {
-        let (mut init, hello) = Initiator::new(ki, "host-a", "a-b.tcp", offer(NONCE_I));
+        let (mut init, hello) = Initiator::new(ki, &name("host-a"), &name("a-b.tcp"), offer(NONCE_I));
         let hello = decode_hello(&encode_payload(&hello)).expect("hello decodes");
-        let (resp, challenge) = Responder::on_hello(kr, "host-b", &hello, offer(NONCE_R), SESSION);
+        let (resp, challenge) = Responder::on_hello(kr, &name("host-b"), &hello, offer(NONCE_R), SESSION);
         let challenge = decode_challenge(&encode_payload(&challenge)).expect("challenge decodes");
         let proof = match init.on_challenge(&challenge) {
             Ok(p) => p,
@@ -802,11 +760,11 @@ mod tests {
         let (i, _) = exchange(other_key(), key());
         assert_eq!(i, Err(HandshakeError::BadProof));
         // ...and if it skipped that check and answered anyway, the responder refuses it.
-        let (_, hello) = Initiator::new(other_key(), "host-a", "l", offer(NONCE_I));
-        let (resp, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
+        let (_, hello) = Initiator::new(other_key(), &name("host-a"), &name("l"), offer(NONCE_I));
+        let (resp, c) = Responder::on_hello(key(), &name("host-b"), &hello, offer(NONCE_R), SESSION);
         let forged = Transcript {
-            link: "l",
-            node_i: "host-a",
+            link: &name("l"),
+            node_i: &name("host-a"),
             node_r: &c.node,
             nonce_i: &NONCE_I,
             nonce_r: &c.nonce,
@@ -836,14 +794,14 @@ mod tests {
         let mutations: Vec<Mutation<Challenge>> = vec![
             ("nonce", Box::new(|c| flip(&mut c.nonce, 100))),
             ("session", Box::new(|c| c.session ^= 1)),
-            ("node", Box::new(|c| c.node.push('x'))),
+            ("node", Box::new(|c| c.node = name(&format!("{}x", c.node)))),
             ("ephemeral key", Box::new(|c| flip(&mut c.ephemeral, 3))),
             ("capabilities", Box::new(|c| c.caps ^= CAP_ENCRYPT)),
             ("proof", Box::new(|c| flip(&mut c.proof, 0))),
         ];
         for (what, mutate) in mutations {
-            let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
-            let (_, mut c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
+            let (mut init, hello) = Initiator::new(key(), &name("host-a"), &name("a-b"), offer(NONCE_I));
+            let (_, mut c) = Responder::on_hello(key(), &name("host-b"), &hello, offer(NONCE_R), SESSION);
             mutate(&mut c);
             assert_eq!(init.on_challenge(&c), Err(HandshakeError::BadProof), "{what}");
         }
@@ -854,31 +812,31 @@ mod tests {
         // A man in the middle rewrites the link name or nonce in the Hello: the
         // responder's proof then covers the wrong transcript.
         let mutations: Vec<Mutation<Hello>> = vec![
-            ("link", Box::new(|h| h.link = "other".into())),
+            ("link", Box::new(|h| h.link = name("other"))),
             ("nonce", Box::new(|h| flip(&mut h.nonce, 7))),
-            ("node", Box::new(|h| h.node = "host-c".into())),
+            ("node", Box::new(|h| h.node = name("host-c"))),
         ];
         for (what, mutate) in mutations {
-            let (mut init, mut hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
+            let (mut init, mut hello) = Initiator::new(key(), &name("host-a"), &name("a-b"), offer(NONCE_I));
             mutate(&mut hello);
-            let (_, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
+            let (_, c) = Responder::on_hello(key(), &name("host-b"), &hello, offer(NONCE_R), SESSION);
             assert_eq!(init.on_challenge(&c), Err(HandshakeError::BadProof), "{what}");
         }
     }
 
     #[test]
     fn verifies_agrees_with_on_challenge() {
-        let (init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
-        let (_, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
+        let (init, hello) = Initiator::new(key(), &name("host-a"), &name("a-b"), offer(NONCE_I));
+        let (_, c) = Responder::on_hello(key(), &name("host-b"), &hello, offer(NONCE_R), SESSION);
         assert!(init.verifies(&c));
         let mut forged = c.clone();
         flip(&mut forged.proof, 9);
         assert!(!init.verifies(&forged));
         // Another handshake's Challenge (other nonce) does not verify either.
-        let (other, _) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_R));
+        let (other, _) = Initiator::new(key(), &name("host-a"), &name("a-b"), offer(NONCE_R));
         assert!(!other.verifies(&c));
         // Nor one reflected from ourselves, nor one after the Challenge was taken.
-        let (_, mine) = Responder::on_hello(key(), "host-a", &hello, offer(NONCE_R), SESSION);
+        let (_, mine) = Responder::on_hello(key(), &name("host-a"), &hello, offer(NONCE_R), SESSION);
         assert!(!init.verifies(&mine));
         let mut taken = init.clone();
         taken.on_challenge(&c).expect("genuine");
@@ -887,13 +845,13 @@ mod tests {
 
     #[test]
     fn replayed_challenge_fails_in_a_new_handshake() {
-        let (mut init1, hello1) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
-        let (_, c1) = Responder::on_hello(key(), "host-b", &hello1, offer(NONCE_R), SESSION);
+        let (mut init1, hello1) = Initiator::new(key(), &name("host-a"), &name("a-b"), offer(NONCE_I));
+        let (_, c1) = Responder::on_hello(key(), &name("host-b"), &hello1, offer(NONCE_R), SESSION);
         init1.on_challenge(&c1).expect("genuine challenge");
         // A later handshake with a fresh initiator nonce must not accept the old one.
         let mut fresh = NONCE_I;
         fresh[0] ^= 0xff;
-        let (mut init2, _) = Initiator::new(key(), "host-a", "a-b", offer(fresh));
+        let (mut init2, _) = Initiator::new(key(), &name("host-a"), &name("a-b"), offer(fresh));
         assert_eq!(init2.on_challenge(&c1), Err(HandshakeError::BadProof));
         // Nor does the first initiator take a second Challenge.
         assert!(matches!(
@@ -904,8 +862,8 @@ mod tests {
 
     #[test]
     fn modified_or_replayed_proof_fails() {
-        let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
-        let (resp, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
+        let (mut init, hello) = Initiator::new(key(), &name("host-a"), &name("a-b"), offer(NONCE_I));
+        let (resp, c) = Responder::on_hello(key(), &name("host-b"), &hello, offer(NONCE_R), SESSION);
         let p = init.on_challenge(&c).expect("genuine");
         let mut bad = p.clone();
         flip(&mut bad.proof, 255);
@@ -913,9 +871,9 @@ mod tests {
         // The proof replayed to a responder that chose another nonce or session fails.
         let mut other_nonce = NONCE_R;
         flip(&mut other_nonce, 3);
-        let (resp2, _) = Responder::on_hello(key(), "host-b", &hello, offer(other_nonce), SESSION);
+        let (resp2, _) = Responder::on_hello(key(), &name("host-b"), &hello, offer(other_nonce), SESSION);
         assert_eq!(resp2.on_proof(&p), Err(HandshakeError::BadProof));
-        let (resp3, _) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION + 1);
+        let (resp3, _) = Responder::on_hello(key(), &name("host-b"), &hello, offer(NONCE_R), SESSION + 1);
         assert_eq!(resp3.on_proof(&p), Err(HandshakeError::BadProof));
         // A responder's own proof reflected back as the initiator's fails: labels differ.
         assert_eq!(
@@ -929,11 +887,11 @@ mod tests {
     fn reflection_to_ourselves_is_refused() {
         // An attacker sends our own Hello to our own responder and relays its Challenge
         // back: the proof would verify, so the name check must stop it.
-        let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
-        let (resp, c) = Responder::on_hello(key(), "host-a", &hello, offer(NONCE_R), SESSION);
+        let (mut init, hello) = Initiator::new(key(), &name("host-a"), &name("a-b"), offer(NONCE_I));
+        let (resp, c) = Responder::on_hello(key(), &name("host-a"), &hello, offer(NONCE_R), SESSION);
         assert_eq!(
             init.on_challenge(&c),
-            Err(HandshakeError::SelfConnection("host-a".into()))
+            Err(HandshakeError::SelfConnection(name("host-a")))
         );
         assert!(matches!(
             resp.on_proof(&Proof { proof: [0; 32] }),
@@ -943,12 +901,12 @@ mod tests {
 
     #[test]
     fn welcome_checks_state_and_session() {
-        let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
+        let (mut init, hello) = Initiator::new(key(), &name("host-a"), &name("a-b"), offer(NONCE_I));
         assert!(matches!(
             init.on_welcome(SESSION),
             Err(HandshakeError::OutOfOrder(_))
         ));
-        let (_, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
+        let (_, c) = Responder::on_hello(key(), &name("host-b"), &hello, offer(NONCE_R), SESSION);
         init.on_challenge(&c).expect("genuine");
         assert_eq!(
             init.on_welcome(SESSION + 1),
@@ -962,8 +920,8 @@ mod tests {
 
     #[test]
     fn session_zero_is_refused() {
-        let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
-        let (_, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), 0);
+        let (mut init, hello) = Initiator::new(key(), &name("host-a"), &name("a-b"), offer(NONCE_I));
+        let (_, c) = Responder::on_hello(key(), &name("host-b"), &hello, offer(NONCE_R), 0);
         assert!(matches!(init.on_challenge(&c), Err(HandshakeError::Malformed(_))));
         assert!(matches!(
             decode_challenge(&encode_payload(&c)),
@@ -982,8 +940,8 @@ mod tests {
         }
         msg.extend_from_slice(&NONCE_I);
         msg.extend_from_slice(&NONCE_R);
-        let (_, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
-        let (_, c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
+        let (_, hello) = Initiator::new(key(), &name("host-a"), &name("a-b"), offer(NONCE_I));
+        let (_, c) = Responder::on_hello(key(), &name("host-b"), &hello, offer(NONCE_R), SESSION);
         msg.extend_from_slice(&crate::crypto::ephemeral_public(&offer(NONCE_I).ephemeral_secret));
         msg.extend_from_slice(&crate::crypto::ephemeral_public(&offer(NONCE_R).ephemeral_secret));
         msg.extend_from_slice(&0u32.to_be_bytes());
@@ -1029,72 +987,61 @@ mod tests {
         let k = NetworkKey::from_bytes([0xab; 32]);
         let d = format!("{k:?}");
         assert!(!d.contains("ab") && !d.contains("171"), "{d}");
-        let (init, _) = Initiator::new(k.clone(), "a", "l", offer(NONCE_I));
+        let (init, _) = Initiator::new(k.clone(), &name("a"), &name("l"), offer(NONCE_I));
         let d = format!("{init:?}");
         assert!(!d.contains("171") && !d.contains("abab"), "{d}");
         let h = Hello {
-            link: "l".into(),
-            node: "a".into(),
+            link: name("l"),
+            node: name("a"),
             nonce: NONCE_I,
             ephemeral: [9; 32],
             caps: 0,
         };
-        let (resp, _) = Responder::on_hello(k, "b", &h, offer(NONCE_R), 1);
+        let (resp, _) = Responder::on_hello(k, &name("b"), &h, offer(NONCE_R), 1);
         assert!(!format!("{resp:?}").contains("171"));
     }
 
     #[test]
-    fn names() {
-        for ok in ["a", "host-1", "A.b_c-9", &"x".repeat(MAX_NAME_LEN)] {
-            assert_eq!(validate_name("node", ok), Ok(()), "{ok}");
-        }
-        for bad in ["", "a b", "a/b", "é", "a\n", "a\0", &"x".repeat(MAX_NAME_LEN + 1)] {
-            assert!(
-                matches!(validate_name("node", bad), Err(HandshakeError::BadName(_))),
-                "{bad:?}"
-            );
-        }
-        // Decoders apply the rule to every name.
-        let h = Hello {
-            link: "bad link".into(),
-            node: "a".into(),
-            nonce: NONCE_I,
-            ephemeral: [9; 32],
-            caps: 0,
-        };
+    fn decoders_parse_every_name() {
+        // What a peer may send: a Hello's or a Challenge's fields, with any text as names.
+        let hello =
+            |link: &str, node: &str| postcard::to_stdvec(&(link, node, NONCE_I, [9u8; 32], 0u32)).unwrap();
+        let challenge =
+            |node: &str| postcard::to_stdvec(&(node, NONCE_R, 1u32, [9u8; 32], 0u32, [0u8; 32])).unwrap();
+        let decoded = decode_hello(&hello("l", "a")).unwrap();
+        assert_eq!((&decoded.link, &decoded.node), (&name("l"), &name("a")));
+        // Names encode as their text: the Hello's bytes are those of the plain fields.
+        assert_eq!(encode_payload(&decoded), hello("l", "a"));
+        assert_eq!(
+            decode_hello(&hello("bad link", "a")).map_err(|e| e.to_string()),
+            Err(
+                "bad name in hello: name \"bad link\" contains ' '; only A-Z a-z 0-9 . _ - are allowed"
+                    .into()
+            )
+        );
         assert!(matches!(
-            decode_hello(&encode_payload(&h)),
-            Err(HandshakeError::BadName(m)) if m.starts_with("link")
+            decode_hello(&hello("l", &"x".repeat(65))),
+            Err(HandshakeError::BadName(m)) if m.contains("is 65 bytes long")
         ));
-        let h = Hello {
-            link: "l".into(),
-            node: "x".repeat(65),
-            nonce: NONCE_I,
-            ephemeral: [9; 32],
-            caps: 0,
-        };
+        assert_eq!(decode_challenge(&challenge("b")).map(|c| c.node), Ok(name("b")));
+        assert_eq!(
+            decode_challenge(&challenge("")),
+            Err(HandshakeError::BadName("challenge: name is empty".into()))
+        );
+        // A name that is not even text is a malformed message.
+        let mut not_text = hello("l", "a");
+        not_text[1] = 0xff;
         assert!(matches!(
-            decode_hello(&encode_payload(&h)),
-            Err(HandshakeError::BadName(m)) if m.starts_with("node")
-        ));
-        let c = Challenge {
-            node: String::new(),
-            nonce: NONCE_R,
-            session: 1,
-            ephemeral: [9; 32],
-            caps: 0,
-            proof: [0; 32],
-        };
-        assert!(matches!(
-            decode_challenge(&encode_payload(&c)),
-            Err(HandshakeError::BadName(_))
+            decode_hello(&not_text),
+            Err(HandshakeError::Malformed(_))
         ));
     }
 
     #[test]
     fn bad_name_errors_are_bounded() {
         let long = "\u{202e}".repeat(1000);
-        let Err(HandshakeError::BadName(m)) = validate_name("node", &long) else {
+        let msg = postcard::to_stdvec(&(long.as_str(), "a", NONCE_I, [9u8; 32], 0u32)).unwrap();
+        let Err(HandshakeError::BadName(m)) = decode_hello(&msg) else {
             panic!("should fail");
         };
         assert!(m.len() < 1000, "{}", m.len());
@@ -1150,8 +1097,8 @@ mod tests {
         assert_eq!(Refused::KIND, Kind::Refused);
     }
 
-    fn name() -> impl Strategy<Value = String> {
-        "[A-Za-z0-9._-]{1,64}"
+    fn any_name() -> impl Strategy<Value = Name> {
+        "[A-Za-z0-9._-]{1,64}".prop_map(|s| name(&s))
     }
 
     proptest! {
@@ -1165,7 +1112,7 @@ mod tests {
 
         #[test]
         fn payload_round_trips(
-            link in name(), node in name(),
+            link in any_name(), node in any_name(),
             nonce in any::<[u8; 32]>(), proof in any::<[u8; 32]>(),
             session in 1u32..,
         ) {
@@ -1179,7 +1126,7 @@ mod tests {
 
         #[test]
         fn any_names_and_nonces_handshake(
-            link in name(), ni in name(), nr in name(),
+            link in any_name(), ni in any_name(), nr in any_name(),
             nonce_i in any::<[u8; 32]>(), nonce_r in any::<[u8; 32]>(),
             session in 1u32..,
         ) {
@@ -1197,8 +1144,8 @@ mod tests {
 
         #[test]
         fn any_bit_flip_in_the_challenge_fails(bit in 0usize..(8 * (32 + 4 + 32))) {
-            let (mut init, hello) = Initiator::new(key(), "host-a", "a-b", offer(NONCE_I));
-            let (_, mut c) = Responder::on_hello(key(), "host-b", &hello, offer(NONCE_R), SESSION);
+            let (mut init, hello) = Initiator::new(key(), &name("host-a"), &name("a-b"), offer(NONCE_I));
+            let (_, mut c) = Responder::on_hello(key(), &name("host-b"), &hello, offer(NONCE_R), SESSION);
             match bit {
                 b if b < 256 => flip(&mut c.nonce, b),
                 b if b < 256 + 32 => c.session ^= 1 << (b - 256),

@@ -17,6 +17,8 @@
 //! - [`measure`]: round-trip time, throughput, probe bookkeeping.
 //! - [`config`]: the daemon's configuration and the topology the control plane changes.
 //! - [`rate`]: data rates and their one grammar (the language's and the lab's).
+//! - [`name`]: `Name`, the one rule for node, link and interface names; [`text`]: fields
+//!   that travel as text, and postcard decoding that keeps their parsers' errors.
 // A pure crate: no panic on bad input, no clock, threads or sleeps (the list is in
 // clippy.toml at the repository root).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
@@ -30,9 +32,11 @@ pub mod gro;
 pub mod handshake;
 pub mod mac;
 pub mod measure;
+pub mod name;
 pub mod offload;
 pub mod rate;
 pub mod rule;
 pub mod session;
 pub mod table;
+pub mod text;
 pub mod wire;

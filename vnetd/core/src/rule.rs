@@ -32,6 +32,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::mac::{MacAddr, MacParseError};
+use crate::name::{Name, NameError};
 
 /// How one side of a rule matches an address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -102,9 +103,9 @@ pub fn priority(src: &MacMatch, dst: &DstMatch) -> i8 {
 #[derive(Clone, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub enum Output {
     /// An overlay link, by link name.
-    Link(String),
+    Link(Name),
     /// A local interface (TAP or captured device), by interface name.
-    Iface(String),
+    Iface(Name),
 }
 
 /// A forwarding rule as configured (outputs by name).
@@ -130,6 +131,9 @@ pub enum RuleParseError {
     /// An output is not `link:NAME` or `iface:NAME`.
     #[error("`{0}` is not an output: write link:NAME or iface:NAME")]
     Output(String),
+    /// The name in an output is not a valid name.
+    #[error("output: {0}")]
+    Name(#[from] NameError),
 }
 
 impl fmt::Display for MacMatch {
@@ -197,14 +201,12 @@ impl FromStr for Output {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || RuleParseError::Output(s.to_string());
         let (kind, name) = s.split_once(':').ok_or_else(bad)?;
-        if name.is_empty() {
-            return Err(bad());
-        }
-        match kind {
-            "link" => Ok(Output::Link(name.to_string())),
-            "iface" => Ok(Output::Iface(name.to_string())),
-            _ => Err(bad()),
-        }
+        let output: fn(Name) -> Output = match kind {
+            "link" => Output::Link,
+            "iface" => Output::Iface,
+            _ => return Err(bad()),
+        };
+        Ok(output(name.parse()?))
     }
 }
 
@@ -231,7 +233,7 @@ macro_rules! serde_as_text {
         impl<'de> Deserialize<'de> for $t {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let text = String::deserialize(d)?;
-                text.parse().map_err(serde::de::Error::custom)
+                text.parse().map_err(crate::text::rejected)
             }
         }
     )*};
@@ -242,6 +244,7 @@ serde_as_text!(MacMatch, DstMatch, Output);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::name::name;
 
     fn mac(s: &str) -> MacAddr {
         s.parse().unwrap()
@@ -286,11 +289,18 @@ mod tests {
             "not 02:00:00:00:00:01"
         );
         assert_eq!("none".parse::<MacMatch>(), Err(RuleParseError::NoneAsSource));
-        assert!("link:".parse::<Output>().is_err());
+        assert_eq!(
+            "link:".parse::<Output>(),
+            Err(RuleParseError::Name(NameError::Empty))
+        );
+        assert!(matches!(
+            "iface:vm 0".parse::<Output>(),
+            Err(RuleParseError::Name(NameError::BadChar { bad: ' ', .. }))
+        ));
         assert!("port:x".parse::<Output>().is_err());
         assert_eq!(
             "link:h0-h1".parse::<Output>().unwrap(),
-            Output::Link("h0-h1".into())
+            Output::Link(name("h0-h1"))
         );
     }
 
@@ -299,7 +309,7 @@ mod tests {
         let spec = RuleSpec {
             src: MacMatch::Any,
             dst: DstMatch::None,
-            out: vec![Output::Link("h0-h1".into()), Output::Iface("vm0".into())],
+            out: vec![Output::Link(name("h0-h1")), Output::Iface(name("vm0"))],
         };
         let json = serde_json::to_string(&spec).unwrap();
         assert_eq!(

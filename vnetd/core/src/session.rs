@@ -39,6 +39,7 @@ use crate::handshake::{
     CAP_ENCRYPT, CAP_SUPERFRAMES,
 };
 use crate::measure::KeepaliveEcho;
+use crate::name::Name;
 use crate::wire::{self, Header, KeepaliveStamp, Kind, WireError, HEADER_LEN};
 
 /// Interval between keepalives of an up session. It also bounds how long a dialing end
@@ -102,8 +103,8 @@ fn offer(entropy: &mut dyn Entropy, caps: u32, binding: [u8; 32]) -> Offer {
 /// Who this end is in handshakes: its node name and the overlay's network key.
 #[derive(Clone, Debug)]
 pub struct Credentials {
-    /// This node's name (valid per [`handshake::validate_name`]).
-    pub node: String,
+    /// This node's name.
+    pub node: Name,
     /// The overlay's network key.
     pub key: NetworkKey,
 }
@@ -350,7 +351,7 @@ pub enum Event {
     /// [`LinkSession::refuse`] (only after [`Admission::AcceptAfterApproval`]).
     Proven {
         /// The peer's node name.
-        peer_node: String,
+        peer_node: Name,
     },
     /// A round-trip time sample from a keepalive stamp.
     Rtt(Duration),
@@ -432,7 +433,7 @@ enum State {
 pub struct LinkSession {
     policy: Policy,
     /// The link's name (from the Hello, on a responder).
-    link: String,
+    link: Name,
     /// The session's clock starts here; keepalive stamps never leave the session.
     epoch: Instant,
     /// The handshake's deadline.
@@ -461,10 +462,10 @@ pub(crate) fn refusal(reason: &str) -> (String, Vec<u8>) {
 }
 
 impl LinkSession {
-    fn new(policy: Policy, link: &str, now: Instant, state: State) -> LinkSession {
+    fn new(policy: Policy, link: &Name, now: Instant, state: State) -> LinkSession {
         LinkSession {
             policy,
-            link: link.to_string(),
+            link: link.clone(),
             epoch: now,
             deadline: now + policy.handshake_timeout,
             retransmit_at: policy.retransmit.map(|r| now + r),
@@ -479,7 +480,7 @@ impl LinkSession {
     /// none. The Hello is the first transmit.
     pub fn dial(
         creds: &Credentials,
-        link: &str,
+        link: &Name,
         caps: u32,
         binding: [u8; 32],
         policy: Policy,
@@ -553,7 +554,7 @@ impl LinkSession {
     }
 
     /// The link's name.
-    pub fn link(&self) -> &str {
+    pub fn link(&self) -> &Name {
         &self.link
     }
 
@@ -1011,14 +1012,14 @@ pub(crate) mod testing {
 
     pub(crate) fn creds(node: &str) -> Credentials {
         Credentials {
-            node: node.to_string(),
+            node: crate::name::name(node),
             key: NetworkKey::from_bytes(KEY),
         }
     }
 
     pub(crate) fn creds_with_key(node: &str, key: [u8; 32]) -> Credentials {
         Credentials {
-            node: node.to_string(),
+            node: crate::name::name(node),
             key: NetworkKey::from_bytes(key),
         }
     }
@@ -1077,6 +1078,7 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::*;
     use super::*;
+    use crate::name::name;
     use proptest::prelude::*;
 
     fn kind_of(m: &[u8]) -> Kind {
@@ -1093,7 +1095,7 @@ mod tests {
         now: Instant,
     ) -> (LinkSession, LinkSession) {
         let mut rng = entropy(1);
-        let mut initiator = LinkSession::dial(a, "a-b", caps, [0; 32], policy, now, &mut rng);
+        let mut initiator = LinkSession::dial(a, &name("a-b"), caps, [0; 32], policy, now, &mut rng);
         let first = drain(&mut initiator, now);
         assert_eq!(first.len(), 1, "the Hello first");
         let hello = hello_of(&first[0]);
@@ -1276,7 +1278,15 @@ mod tests {
         let mut now = Instant::now();
         let mut rng = entropy(2);
         let start = now;
-        let mut i = LinkSession::dial(&creds("host-a"), "a-b", 0, [0; 32], Policy::udp(), now, &mut rng);
+        let mut i = LinkSession::dial(
+            &creds("host-a"),
+            &name("a-b"),
+            0,
+            [0; 32],
+            Policy::udp(),
+            now,
+            &mut rng,
+        );
         let mut hellos = drain(&mut i, now).len();
         while let Some(t) = i.poll_timeout() {
             now = t;
@@ -1414,7 +1424,7 @@ mod tests {
         let ev = events(&mut i);
         assert_eq!(
             lost(&ev),
-            Some(&Lost::Handshake(HandshakeError::SelfConnection("host-a".into())))
+            Some(&Lost::Handshake(HandshakeError::SelfConnection(name("host-a"))))
         );
         // The responder's own check, for a Proof from a peer that skipped that one.
         let Phase::AwaitProof(id) = r.phase() else {
@@ -1588,7 +1598,7 @@ mod tests {
             assert_eq!(
                 events(&mut r),
                 vec![Event::Proven {
-                    peer_node: "host-a".into()
+                    peer_node: name("host-a")
                 }]
             );
             assert!(matches!(i.phase(), Phase::AwaitWelcome(_)), "no Welcome yet");
@@ -1613,7 +1623,7 @@ mod tests {
     fn refusal_reasons_are_bounded() {
         let now = Instant::now();
         let mut rng = entropy(3);
-        let mut i = LinkSession::dial(&creds("a"), "l", 0, [0; 32], Policy::tcp(), now, &mut rng);
+        let mut i = LinkSession::dial(&creds("a"), &name("l"), 0, [0; 32], Policy::tcp(), now, &mut rng);
         let hello = hello_of(&drain(&mut i, now)[0]);
         let long = "é".repeat(500);
         let mut r = LinkSession::respond(
@@ -1636,7 +1646,7 @@ mod tests {
     #[test]
     fn stream_admission_names_what_is_wrong() {
         let spec = |proto, peer: Option<&str>| LinkSpec {
-            name: "a-b".into(),
+            name: name("a-b"),
             proto,
             peer: peer.map(|p| p.parse().expect("addr")),
             encrypt: true,
@@ -1672,10 +1682,10 @@ mod tests {
     fn a_stream_must_open_with_a_hello() {
         let now = Instant::now();
         let mut rng = entropy(4);
-        let mut i = LinkSession::dial(&creds("a"), "l", 0, [0; 32], Policy::tcp(), now, &mut rng);
+        let mut i = LinkSession::dial(&creds("a"), &name("l"), 0, [0; 32], Policy::tcp(), now, &mut rng);
         let hello = drain(&mut i, now).remove(0);
         let (h, p) = wire::decode_datagram(&hello).expect("valid");
-        assert_eq!(opening_hello(&h, p).map(|h| h.link), Ok("l".to_string()));
+        assert_eq!(opening_hello(&h, p).map(|h| h.link), Ok(name("l")));
         let proof = message(Kind::Proof, 0, &[0; 32]);
         let (h, p) = wire::decode_datagram(&proof).expect("valid");
         assert_eq!(opening_hello(&h, p), Err(Lost::Unexpected(Kind::Proof)));
@@ -1722,7 +1732,7 @@ mod tests {
         let mut now = Instant::now();
         let mut rng = entropy(seed);
         let (a, b) = (creds("host-a"), creds("host-b"));
-        let mut i = LinkSession::dial(&a, "a-b", 0, [0; 32], Policy::udp(), now, &mut rng);
+        let mut i = LinkSession::dial(&a, &name("a-b"), 0, [0; 32], Policy::udp(), now, &mut rng);
         let mut r: Option<LinkSession> = None;
         let mut held: Option<(bool, Vec<u8>)> = None;
         let mut n = 0usize;
@@ -1839,7 +1849,7 @@ mod tests {
             let now = Instant::now();
             let policy = if stream { Policy::tcp() } else { Policy::udp() };
             let mut rng = entropy(seed);
-            let mut i = LinkSession::dial(&creds("x"), "l", 0, [0; 32], policy, now, &mut rng);
+            let mut i = LinkSession::dial(&creds("x"), &name("l"), 0, [0; 32], policy, now, &mut rng);
             let hello = hello_of(&drain(&mut i, now)[0]);
             let mut r = LinkSession::respond(&creds("y"), &hello, Admission::Accept(0), [0; 32], policy, now, &mut rng);
             pump(&mut i, &mut r, now, |_, _| true);

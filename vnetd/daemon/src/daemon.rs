@@ -31,6 +31,7 @@ use vnet_control::state::{ControlState, Effect, Outcome, Reply, StateConfig};
 use vnet_core::config::{IfaceSpec, LinkProto, LinkSpec, Topology};
 use vnet_core::forward::PortStats;
 use vnet_core::handshake::NetworkKey;
+use vnet_core::name::Name;
 use vnet_core::rule::Output;
 use vnet_core::table::PortId;
 
@@ -45,7 +46,7 @@ pub use vnet_control::state::{LinkInfo, SharedLinkInfo};
 #[derive(Debug, Clone)]
 pub struct Identity {
     /// Node name.
-    pub node: String,
+    pub node: Name,
     /// Overlay network key.
     pub key: NetworkKey,
     /// Link listen address.
@@ -154,7 +155,7 @@ impl Daemon {
     ) -> std::io::Result<Arc<Daemon>> {
         let datapath = Arc::new(Datapath::default());
         let config = StateConfig {
-            node: identity.node.clone(),
+            node: identity.node.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             listen: identity.listen,
             quic_accepts: quic.accepts(),
@@ -226,9 +227,9 @@ impl Daemon {
     }
 
     /// Removes the send side of a link session, unless a newer session replaced it.
-    pub fn link_down(&self, link: &str, token: u64) {
+    pub fn link_down(&self, link: &Name, token: u64) {
         let mut book = lock(&self.book);
-        let Some((port, _)) = book.ids.get(&Output::Link(link.to_string())).cloned() else {
+        let Some((port, _)) = book.ids.get(&Output::Link(link.clone())).cloned() else {
             return;
         };
         if book.live(port).is_some_and(|p| p.session == token) {
@@ -270,10 +271,10 @@ impl Daemon {
 
     /// Marks an interface as failed (its reader saw an error): its port goes down and
     /// the control state learns why.
-    pub fn iface_failed(&self, name: &str, error: String) {
+    pub fn iface_failed(&self, name: &Name, error: String) {
         {
             let mut book = lock(&self.book);
-            if let Some((port, _)) = book.ids.get(&Output::Iface(name.to_string())).cloned() {
+            if let Some((port, _)) = book.ids.get(&Output::Iface(name.clone())).cloned() {
                 book.remove(port);
                 self.datapath.publish_ports(book.map());
             }
@@ -283,7 +284,7 @@ impl Daemon {
             error,
         };
         if self.send(failed).is_err() {
-            tracing::debug!(iface = name, "interface failed while the daemon stops");
+            tracing::debug!(iface = %name, "interface failed while the daemon stops");
         }
     }
 }
@@ -400,7 +401,7 @@ impl Daemon {
                 if let Err(e) = &result {
                     tracing::error!(iface = %spec.name, "cannot bring interface up: {e}");
                 }
-                return Some((spec.name, result));
+                return Some((spec.name.into_string(), result));
             }
             Effect::CloseIface {
                 name,
@@ -477,7 +478,7 @@ impl Daemon {
             );
             self.datapath.publish_ports(book.map());
         }
-        ifaces.insert(spec.name.clone(), IfaceRuntime { readers, device });
+        ifaces.insert(spec.name.to_string(), IfaceRuntime { readers, device });
         Ok(())
     }
 
@@ -516,7 +517,7 @@ impl Daemon {
         self.register_port(Output::Link(spec.name.clone()), port, &stats);
         let name = spec.name.clone();
         lock(&self.links).insert(
-            name.clone(),
+            name.to_string(),
             LinkEntry {
                 spec: spec.clone(),
                 port,
@@ -543,7 +544,7 @@ impl Daemon {
             // Links the peer dials: the acceptors find them in the registry.
             (LinkProto::Tcp | LinkProto::Quic, None) => None,
         };
-        if let Some(l) = lock(&self.links).get_mut(&name) {
+        if let Some(l) = lock(&self.links).get_mut(name.as_str()) {
             l.dialer = dialer;
         }
     }

@@ -12,6 +12,7 @@ use crate::threads::{thread_name, DataThread, Stop};
 use vnet_core::config::{default_tap_mtu, IfaceKind, IfaceSpec};
 use vnet_core::forward::DropReason;
 use vnet_core::forward::PortStats;
+use vnet_core::name::Name;
 use vnet_core::offload::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 use vnet_core::table::PortId;
 use vnet_core::wire::DEFAULT_HOP_LIMIT;
@@ -26,7 +27,7 @@ pub fn open(spec: &IfaceSpec, link_mtu: u32, queues: usize) -> std::io::Result<V
     match spec.kind {
         IfaceKind::Tap => vnet_sys::open_tap(&vnet_sys::TapParams {
             device: spec.device().to_string(),
-            netns: spec.netns.clone(),
+            netns: spec.netns.as_ref().map(Name::to_string),
             mac: spec.mac.map(|m| m.0),
             mtu: spec.mtu.unwrap_or_else(|| default_tap_mtu(link_mtu)),
             offload: spec.offload,
@@ -55,7 +56,7 @@ pub fn open(spec: &IfaceSpec, link_mtu: u32, queues: usize) -> std::io::Result<V
 /// with an error.
 pub fn spawn_reader(
     daemon: Arc<Daemon>,
-    name: String,
+    name: Name,
     port: PortId,
     device: Arc<File>,
     vnet_hdr: bool,

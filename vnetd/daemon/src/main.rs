@@ -32,7 +32,7 @@ struct Args {
     config: PathBuf,
     /// Override: this daemon's node name.
     #[arg(long)]
-    node: Option<String>,
+    node: Option<vnet_core::name::Name>,
     /// Override: address of the TCP and UDP link listeners.
     #[arg(long)]
     listen: Option<SocketAddr>,

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use vnet_core::name::Name;
 
 use vnet_client::{Client, ClientError};
 use vnet_control::proto::{ControlError, LinkState};
@@ -32,8 +33,12 @@ impl Drop for TempDir {
     }
 }
 
-fn start(name: &str) -> Running {
-    let dir = std::env::temp_dir().join(format!("vnetd-control-test-{name}-{}", std::process::id()));
+fn name(text: &str) -> Name {
+    text.parse().unwrap()
+}
+
+fn start(test: &str) -> Running {
+    let dir = std::env::temp_dir().join(format!("vnetd-control-test-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -45,7 +50,7 @@ fn start(name: &str) -> Running {
     let tcp = rt.block_on(async {
         let (udp, commands) = udp::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let identity = Identity {
-            node: "t0".into(),
+            node: name("t0"),
             key: NetworkKey::from_bytes([9; 32]),
             listen: udp.socket.local_addr().unwrap(),
             state_file: Some(state),
@@ -75,7 +80,7 @@ fn start(name: &str) -> Running {
 
 fn link(name: &str) -> LinkSpec {
     LinkSpec {
-        name: name.into(),
+        name: name.parse().unwrap(),
         proto: LinkProto::Udp,
         peer: None,
         encrypt: false,
@@ -94,11 +99,11 @@ fn primitives_work_over_the_unix_socket_and_keep_state() {
     let rule = RuleSpec {
         src: MacMatch::Any,
         dst: DstMatch::None,
-        out: vec![Output::Link("l1".into())],
+        out: vec![Output::Link(name("l1"))],
     };
     let id = c.rule_add(rule.clone()).unwrap();
     let bad = RuleSpec {
-        out: vec![Output::Link("nowhere".into())],
+        out: vec![Output::Link(name("nowhere"))],
         ..rule
     };
     assert!(matches!(
@@ -107,7 +112,7 @@ fn primitives_work_over_the_unix_socket_and_keep_state() {
     ));
     // A link in use by a rule cannot go.
     assert!(matches!(
-        c.link_del("l1"),
+        c.link_del(&name("l1")),
         Err(ClientError::Refused(ControlError::InUse { .. }))
     ));
     let l = c.link_list().unwrap();

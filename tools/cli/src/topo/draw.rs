@@ -85,7 +85,7 @@ fn picture(o: &Overlay, status: &BTreeMap<String, Vec<LinkStatus>>) -> Picture {
             .filter_map(|i| {
                 i.mac.map(|m| VmView {
                     host: i.machine.clone(),
-                    iface: i.name.clone(),
+                    iface: i.name.to_string(),
                     mac: m.to_string(),
                 })
             })

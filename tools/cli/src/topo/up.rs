@@ -68,7 +68,7 @@ fn place(h: &Host, lab: bool) -> Place {
 }
 
 /// The config a started daemon runs with: the host's part of the description.
-fn daemon_config(h: &Host, topology: Topology, dir: &Path) -> DaemonConfig {
+fn daemon_config(h: &Host, topology: Topology, dir: &Path) -> Result<DaemonConfig> {
     let (control, control_tcp, control_token_file) = match &h.control {
         Some(Control::Unix(p)) => (p.clone(), None, None),
         Some(Control::Tcp { addr, token_file }) => (
@@ -85,8 +85,12 @@ fn daemon_config(h: &Host, topology: Topology, dir: &Path) -> DaemonConfig {
         .links
         .iter()
         .any(|l| l.proto == vnet_core::config::LinkProto::Quic);
-    DaemonConfig {
-        node: h.machine.clone(),
+    Ok(DaemonConfig {
+        // The language checked machine names with the same rule.
+        node: h
+            .machine
+            .parse()
+            .with_context(|| format!("machine `{}`", h.machine))?,
         key_file: h.key_file.clone().unwrap_or_else(|| "/etc/vnet/key".into()),
         listen: SocketAddr::new(ip, h.port),
         quic_listen: quic.then(|| SocketAddr::new(ip, h.port + 1)),
@@ -97,7 +101,7 @@ fn daemon_config(h: &Host, topology: Topology, dir: &Path) -> DaemonConfig {
         control_token_file,
         state_file: Some(dir.join(format!("{}.state.json", h.machine))),
         topology,
-    }
+    })
 }
 
 /// `text` as one POSIX shell word.
@@ -163,7 +167,7 @@ fn start(args: &UpArgs, h: &Host, topology: Topology) -> Result<()> {
         Place::Local => {
             std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
             let config = args.dir.join(format!("{}.toml", h.machine));
-            let text = toml::to_string(&daemon_config(h, topology, &args.dir))?;
+            let text = toml::to_string(&daemon_config(h, topology, &args.dir)?)?;
             std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
             let log = std::fs::OpenOptions::new()
                 .create(true)
@@ -185,7 +189,7 @@ fn start(args: &UpArgs, h: &Host, topology: Topology) -> Result<()> {
                 .as_deref()
                 .map_or("vnetd".into(), |p| p.to_string_lossy());
             let argv = ssh_command(&args.ssh, h, &vnetd, &args.dir);
-            let text = toml::to_string(&daemon_config(h, topology, &args.dir))?;
+            let text = toml::to_string(&daemon_config(h, topology, &args.dir)?)?;
             let mut child = Command::new(&argv[0])
                 .args(&argv[1..])
                 .stdin(Stdio::piped())
@@ -297,7 +301,7 @@ mod tests {
 
     #[test]
     fn started_daemons_get_their_part_of_the_description() {
-        let c = daemon_config(&host("site-b", "10.0.0.2"), Topology::default(), Path::new("/d"));
+        let c = daemon_config(&host("site-b", "10.0.0.2"), Topology::default(), Path::new("/d")).unwrap();
         assert_eq!(c.listen, "10.0.0.2:7400".parse().unwrap());
         assert_eq!(c.control_tcp, Some("10.0.0.2:7500".parse().unwrap()));
         assert_eq!(c.state_file, Some("/d/site-b.state.json".into()));

@@ -33,10 +33,17 @@ use vnet_core::measure::{
     ProbeGate, ProbePlan, ProbeReceiver, ProbeRefusal, ProbeReport, ProbeReportError, PROBE_MAX_BYTES,
     PROBE_MAX_TIME, PROBE_MIN_INTERVAL, PROBE_REPORT_LEN,
 };
+use vnet_core::name::Name;
 use vnet_core::session::{Admission, LinkSession, Lost, Policy};
 
 /// The link name a probe's Hello carries.
 pub const PROBE_LINK: &str = ".probe";
+
+/// [`PROBE_LINK`] as the handshake takes it.
+fn probe_link() -> Name {
+    // A constant that the name rule accepts (the daemon's tests dial probes).
+    Name::try_from(PROBE_LINK).unwrap_or_else(|e| unreachable!("{PROBE_LINK}: {e}"))
+}
 /// How long the connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the prober waits for the report once it stopped sending: what is still in
@@ -187,7 +194,7 @@ async fn probe(daemon: &Daemon, to: SocketAddr, plan: ProbePlan) -> Result<Probe
     let started = Instant::now();
     let (_, session) = initiate(
         daemon,
-        PROBE_LINK,
+        &probe_link(),
         Policy::handshake_only(),
         [0; 32],
         &mut inbox,
@@ -231,7 +238,7 @@ async fn probe(daemon: &Daemon, to: SocketAddr, plan: ProbePlan) -> Result<Probe
     let report = ProbeReport::decode(&buf)?;
     let mbps = report.mbps().ok_or(ProbeError::Untimed(report.bytes))?;
     Ok(ProbeResult {
-        peer_node: session.peer_node,
+        peer_node: session.peer_node.into_string(),
         bytes: report.bytes,
         elapsed_us: report.elapsed_us,
         mbps,
@@ -308,5 +315,5 @@ where
     write.write_all(&report.encode()).await?;
     write.shutdown().await?;
     drop(ticket);
-    Ok((report, session.peer_node))
+    Ok((report, session.peer_node.into_string()))
 }

@@ -41,6 +41,7 @@ use vnet_core::config::LinkProto;
 use vnet_core::forward::DropReason;
 use vnet_core::fragment::{self, Reassembler};
 use vnet_core::handshake::Session;
+use vnet_core::name::Name;
 use vnet_core::rule::Output;
 use vnet_core::session::{Policy, DEAD_AFTER, KEEPALIVE, STREAM_HANDSHAKE_TIMEOUT};
 
@@ -236,7 +237,7 @@ fn transport_error(e: impl std::fmt::Display) -> LinkError {
 pub fn spawn_dialer(
     daemon: Arc<Daemon>,
     endpoint: Endpoint,
-    name: String,
+    name: Name,
     peer: SocketAddr,
     info: Arc<Mutex<LinkInfo>>,
 ) -> JoinHandle<()> {
@@ -309,7 +310,7 @@ async fn accept(daemon: Arc<Daemon>, incoming: quinn::Incoming) -> Result<(), Li
     .await?;
     tracing::info!(link = %session.link, peer = %from, node = %session.peer_node, "link up (quic, accepted)");
     let (task_daemon, task_info, name) = (daemon.clone(), info.clone(), session.link.clone());
-    adopt_session(&daemon, session.link.clone(), info, async move {
+    adopt_session(&daemon, session.link.to_string(), info, async move {
         run_session(&task_daemon, &name, session, conn, &task_info).await
     });
     Ok(())
@@ -318,7 +319,7 @@ async fn accept(daemon: Arc<Daemon>, incoming: quinn::Incoming) -> Result<(), Li
 /// Moves frames on an authenticated connection until it fails; returns why it ended.
 async fn run_session(
     daemon: &Arc<Daemon>,
-    name: &str,
+    name: &Name,
     session: Session,
     conn: quinn::Connection,
     info: &Arc<Mutex<LinkInfo>>,
@@ -329,7 +330,7 @@ async fn run_session(
     });
     let token = daemon.link_up(name, PortTx::Quic(tx));
     update(info, |i| i.session_up(&session.peer_node, conn.remote_address()));
-    let (port, stats) = daemon.port(&Output::Link(name.to_string()));
+    let (port, stats) = daemon.port(&Output::Link(name.clone()));
     let meter = SessionMeter::new(info.clone(), stats.clone());
     let ticker = tokio::spawn({
         let conn = conn.clone();

@@ -15,6 +15,7 @@ use vnet_control::proto::LinkState;
 use vnet_core::config::LinkProto;
 use vnet_core::forward::{DropCounters, DropReason};
 use vnet_core::handshake::{HandshakeError, Hello, Session};
+use vnet_core::name::Name;
 use vnet_core::session::{
     self, Admission, Backoff, Event, Input, LinkSession, Lost, Policy, STREAM_HANDSHAKE_TIMEOUT,
 };
@@ -237,7 +238,7 @@ where
 /// as for [`respond`]. Returns the up session and what both ends agreed.
 pub(crate) async fn initiate<R, W>(
     daemon: &Daemon,
-    name: &str,
+    name: &Name,
     policy: Policy,
     binding: [u8; 32],
     inbox: &mut Inbox,

@@ -31,6 +31,7 @@ use crate::threads::{thread_name, DataThread, Stop};
 use vnet_core::config::LinkProto;
 use vnet_core::forward::{DropReason, PortStats};
 use vnet_core::handshake::Session;
+use vnet_core::name::Name;
 use vnet_core::rule::Output;
 use vnet_core::session::{Event, Input, LinkSession, Policy};
 use vnet_core::table::PortId;
@@ -43,7 +44,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Spawns the task that keeps link `name` dialed to `peer`.
 pub fn spawn_dialer(
     daemon: Arc<Daemon>,
-    name: String,
+    name: Name,
     peer: SocketAddr,
     info: Arc<Mutex<LinkInfo>>,
 ) -> JoinHandle<()> {
@@ -73,7 +74,7 @@ struct Up {
 /// connection and what was read past the handshake.
 async fn dial(
     daemon: &Daemon,
-    name: &str,
+    name: &Name,
     peer: SocketAddr,
 ) -> Result<(LinkSession, Session, TcpStream, Vec<u8>), LinkError> {
     let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
@@ -149,7 +150,7 @@ async fn accept(daemon: Arc<Daemon>, mut stream: TcpStream, from: SocketAddr) ->
         info: info.clone(),
     };
     let initial = inbox.into_rest();
-    adopt_session(&daemon, name, info, async move {
+    adopt_session(&daemon, name.to_string(), info, async move {
         run_session(&task_daemon, up, from, stream, initial).await
     });
     Ok(())
@@ -169,8 +170,8 @@ async fn run_session(
         agreed,
         info,
     } = up;
-    let name = agreed.link.as_str();
-    let (port, stats) = daemon.port(&Output::Link(name.to_string()));
+    let name = &agreed.link;
+    let (port, stats) = daemon.port(&Output::Link(name.clone()));
     let meter = SessionMeter::new(info.clone(), stats.clone());
     let (socket, stop) = match (stream.into_std(), Stop::new()) {
         (Ok(s), Ok(stop)) => (Arc::new(s), stop),

@@ -32,6 +32,7 @@ use vnet_core::endpoint::{Datagram, Endpoint, EndpointEvent, LinkId};
 use vnet_core::forward::PortStats;
 use vnet_core::gro::Coalescer;
 use vnet_core::handshake::Session;
+use vnet_core::name::Name;
 use vnet_core::rule::Output;
 use vnet_core::session::{Event, Lost};
 use vnet_core::table::PortId;
@@ -43,7 +44,7 @@ const RECEIVES_PER_ROUND: usize = 64;
 
 enum Command {
     Add {
-        name: String,
+        name: Name,
         peer: Option<SocketAddr>,
         caps: u32,
         info: Arc<Mutex<LinkInfo>>,
@@ -81,7 +82,7 @@ impl std::fmt::Debug for Command {
 
 impl Handle {
     /// Starts handling a UDP link: dial `peer`, or wait for the peer when `None`.
-    pub fn add_link(&self, name: String, peer: Option<SocketAddr>, caps: u32, info: Arc<Mutex<LinkInfo>>) {
+    pub fn add_link(&self, name: Name, peer: Option<SocketAddr>, caps: u32, info: Arc<Mutex<LinkInfo>>) {
         self.command(Command::Add {
             name,
             peer,
@@ -125,7 +126,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(Handle, Commands)> {
 
 /// The driver's side of one UDP link, at its [`LinkId`]'s index.
 struct Link {
-    name: String,
+    name: Name,
     /// The link dials (it falls back to Connecting, not Waiting).
     dials: bool,
     info: Arc<Mutex<LinkInfo>>,
