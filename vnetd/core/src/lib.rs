@@ -10,6 +10,8 @@
 //!   forwarding step, drop reasons and counters.
 //! - [`wire`]: the link message codec; [`handshake`]: link authentication;
 //!   [`crypto`]: session keys and sealing; [`fragment`]: datagram fragmentation.
+//! - [`identity`]: the contract between a handshake and the trust store that vouches
+//!   for a peer's certificate.
 //! - [`session`]: one link path's life (handshake, keepalives, dead peer, reset);
 //!   [`endpoint`]: every UDP link's sessions behind one socket.
 //! - [`offload`]: virtio-net headers, segmentation, checksums; [`gro`]: coalescing
@@ -30,6 +32,7 @@ pub mod forward;
 pub mod fragment;
 pub mod gro;
 pub mod handshake;
+pub mod identity;
 pub mod mac;
 pub mod measure;
 pub mod name;
