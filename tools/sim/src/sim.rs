@@ -84,8 +84,7 @@ enum Event {
 
 #[derive(Debug)]
 struct SimHost {
-    name: String,
-    /// `name` as its daemon's node name.
+    /// The machine's name, which is its daemon's node name.
     node: Name,
     addr: SocketAddr,
     /// `None` while crashed.
@@ -152,7 +151,6 @@ impl Sim {
             hosts.push(SimHost {
                 node: Name::try_from(h.machine.as_str())
                     .map_err(|e| SimError::NodeName(h.machine.clone(), e))?,
-                name: h.machine.clone(),
                 addr: SocketAddr::new(ip, h.port),
                 state_file: compiled.get(&h.machine).cloned().unwrap_or_default(),
                 daemon: None,
@@ -160,7 +158,7 @@ impl Sim {
                 timer: None,
             });
         }
-        let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+        let names: Vec<String> = hosts.iter().map(|h| h.node.to_string()).collect();
         let id_of = |m: &str| {
             names
                 .iter()
@@ -415,7 +413,7 @@ impl Sim {
         let configured = daemon.configure(h.state_file.clone(), now);
         h.daemon = Some(daemon);
         h.timer = None;
-        configured.map_err(|e| SimError::Configure(h.name.clone(), e))?;
+        configured.map_err(|e| SimError::Configure(h.node.to_string(), e))?;
         self.drain(host, None);
         Ok(())
     }
